@@ -1,0 +1,136 @@
+"""Lowering a checked spec to an inference ModelProto with initialized weights and its own metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import __version__
+from .analysis import Report, check
+from .builder import GraphBuilder
+from .errors import UsageError
+from .initializers import layer_rng
+from .layers import Lowering
+from .shapes import hwc_to_chw
+from .spec import Spec, normalized
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # Softmax over one axis and Pad with tensor pads
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+PRODUCER = "cnnspec"
+
+Params = dict[str, np.ndarray]
+"""Parameters by full name ('conv2d.weight'), in layer order: the network's state dict."""
+
+
+def initial_params(spec: Spec, report: Report, seed: int = 0) -> Params:
+    """Initial weights of every layer, each drawn from its own stream keyed on (seed, layer name)."""
+    params: Params = {}
+    for row, layer in zip(report.layers, spec.layers):
+        for key, value in layer.init_params(row.input_shape, layer_rng(seed, row.name)).items():
+            params[f"{row.name}.{key}"] = value
+    return params
+
+
+def lower_preprocess(g: GraphBuilder, spec: Spec, x: str) -> str:
+    """x * scale, then (x - mean) / std per channel, folded to one Mul and one Add."""
+    if spec.preprocess is None:
+        return x
+    p, channels = spec.preprocess, spec.input_shape[2]
+    mean = np.broadcast_to(np.asarray(p.mean, np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(p.std, np.float64), (channels,))
+    mul, add = p.scale / std, -mean / std
+    if np.all(mul == 1) and np.all(add == 0):
+        return x
+    shape = (1, channels, 1, 1)
+    x = g.op("Mul", [x, g.constant("preprocess", mul.reshape(shape))], "preprocess")
+    return g.op("Add", [x, g.constant("preprocess", add.reshape(shape))], "preprocess")
+
+
+@dataclass
+class Forward:
+    output: str
+    contexts: list[Lowering]
+
+
+def lower_layers(g: GraphBuilder, spec: Spec, report: Report, x: str, param_tensor, training: bool) -> Forward:
+    """Emit every layer's forward nodes; `param_tensor(full_name)` gives the tensor name of a parameter."""
+    contexts = []
+    for row, layer in zip(report.layers, spec.layers):
+        names = {key: param_tensor(f"{row.name}.{key}") for key in row.param_shapes}
+        ctx = Lowering(row.name, row.input_shape, row.output_shape, names, training)
+        x = layer.lower(g, x, ctx)
+        contexts.append(ctx)
+    return Forward(x, contexts)
+
+
+def metadata(spec: Spec, report: Report) -> dict[str, str]:
+    preprocess = spec.preprocess.model_dump(mode="json") if spec.preprocess else {"scale": 1.0, "mean": [0.0], "std": [1.0]}
+    return {
+        "cnnspec.version": __version__,
+        "cnnspec.spec": json.dumps(normalized(spec), sort_keys=True),
+        "cnnspec.labels": json.dumps(report.labels),
+        "cnnspec.preprocess": json.dumps(preprocess, sort_keys=True),
+        "cnnspec.input_layout": "NCHW",
+        "cnnspec.input_range": "raw pixel values (0..255 for 8-bit images)",
+    }
+
+
+def check_opset(opset: int) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset {opset} is not supported: use {MIN_OPSET} to {newest} (the installed onnx's newest)")
+    return opset
+
+
+def build_inference_model(spec: Spec, report: Report, params: Params, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The deployable model: `input` [batch, C, H, W] raw pixels -> `output` [batch, classes]."""
+    g = GraphBuilder(check_opset(opset))
+    for name, value in params.items():
+        g.initializer(name, value)
+    x = lower_preprocess(g, spec, INPUT_NAME)
+    forward = lower_layers(g, spec, report, x, lambda name: name, training=False)
+    _rename_output(g, forward.output)
+    c, h, w = hwc_to_chw(spec.input_shape)
+    graph = helper.make_graph(
+        g.nodes,
+        spec.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", c, h, w])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        ir_version=helper.find_min_ir_version_for(opsets),
+        producer_name=PRODUCER,
+        producer_version=__version__,
+    )
+    helper.set_model_props(model, metadata(spec, report))
+    return model
+
+
+def _rename_output(g: GraphBuilder, tensor: str) -> None:
+    """Give the last node's output the contract name `output`."""
+    for node in reversed(g.nodes):
+        for i, name in enumerate(node.output):
+            if name == tensor:
+                node.output[i] = OUTPUT_NAME
+                return
+    raise AssertionError(f"no node produces {tensor!r}")
+
+
+def compile_spec(spec: Spec, seed: int = 0, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Check the spec and lower it with freshly initialized weights (`compile --seed` gives the same)."""
+    report = check(spec)
+    return build_inference_model(spec, report, initial_params(spec, report, seed), opset)
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    """Deterministic serialization (map fields sorted), so the same model gives the same bytes."""
+    return model.SerializeToString(deterministic=True)

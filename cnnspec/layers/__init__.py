@@ -1,0 +1,34 @@
+"""The layer kinds. Registering one: its module, its class here, and its tests."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from .base import Layer, Lowering, ShapeError
+from .conv import Conv2D, ZeroPadding2D
+from .core import Activation, Dense, Dropout, Flatten
+from .normalization import BatchNormalization
+from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+
+LAYER_KINDS: tuple[type[Layer], ...] = (
+    Conv2D,
+    MaxPooling2D,
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    Flatten,
+    Dense,
+    Dropout,
+    Activation,
+    BatchNormalization,
+    ZeroPadding2D,
+)
+LAYERS_BY_TYPE: dict[str, type[Layer]] = {kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS}
+
+AnyLayer = Annotated[Union[LAYER_KINDS], Field(discriminator="type")]  # noqa: UP007
+
+__all__ = ["LAYER_KINDS", "LAYERS_BY_TYPE", "AnyLayer", "Layer", "Lowering", "ShapeError"] + [
+    k.__name__ for k in LAYER_KINDS
+]

@@ -1,0 +1,118 @@
+"""Dense, Flatten, Dropout and Activation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from ..shapes import numel
+from .activations import lower_activation
+from .base import Activation as ActivationName
+from .base import Float, Initializer, Int, Layer, Lowering, ShapeError, StrictBool, initializer_arg
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..builder import GraphBuilder
+    from ..shapes import Shape
+
+MAX_UNITS = 1 << 24
+
+
+class Dense(Layer):
+    """Fully connected layer; the weight is stored as PyTorch's [out, in] (ONNX Gemm with transB=1)."""
+
+    type: Literal["Dense"]
+    units: Int(ge=1, le=MAX_UNITS)
+    activation: ActivationName | None = None
+    use_bias: StrictBool = True
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+
+    keras_name: ClassVar[str] = "dense"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 1:
+            # NOTE: Keras silently applies Dense to the last axis of an image; that is almost never meant.
+            h, w, c = shape
+            raise ShapeError(
+                None,
+                f"Dense needs a flat input but gets the image shape {h}x{w}x{c}",
+                f"add Flatten before it (keeps all {h}*{w}*{c} = {h * w * c:,} values) "
+                f"or GlobalAveragePooling2D (keeps the {c} channels)",
+            )
+        return (self.units,)
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        shapes: dict[str, Shape] = {"weight": (self.units, shape[0])}
+        if self.use_bias:
+            shapes["bias"] = (self.units,)
+        return shapes
+
+    def init_params(self, shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from ..initializers import initialize
+
+        fan_in, fan_out = shape[0], self.units
+        params = {"weight": initialize(initializer_arg(self.kernel_initializer), (fan_out, fan_in), fan_in, fan_out, rng)}
+        if self.use_bias:
+            params["bias"] = initialize(initializer_arg(self.bias_initializer), (fan_out,), fan_in, fan_out, rng)
+        return params
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * shape[0] * self.units
+
+    def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        inputs = [x, ctx.params["weight"]] + ([ctx.params["bias"]] if self.use_bias else [])
+        z = g.op("Gemm", inputs, ctx.name, transB=1)
+        y = lower_activation(g, z, self.activation, ctx.name)
+        ctx.saved.update(x=x, z=z, y=y)
+        return y
+
+
+class Flatten(Layer):
+    """(H, W, C) -> (H*W*C,) in NCHW (channel-major) order.
+
+    NOTE: this is PyTorch's order; Keras flattens channels-last (HWC), so Dense weights after a
+    Flatten are permuted between the two. Weights here follow the ONNX/PyTorch layout.
+    """
+
+    type: Literal["Flatten"]
+    keras_name: ClassVar[str] = "flatten"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (numel(shape),)
+
+    def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        if len(ctx.in_shape) == 1:
+            return x
+        return g.op("Flatten", [x], ctx.name, axis=1)
+
+
+class Dropout(Layer):
+    """Zeroes a fraction `rate` of values in training (scaling the rest by 1/(1-rate)); absent at inference."""
+
+    type: Literal["Dropout"]
+    rate: Float(ge=0.0, lt=1.0)
+    keras_name: ClassVar[str] = "dropout"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        return x
+
+
+class Activation(Layer):
+    type: Literal["Activation"]
+    activation: ActivationName | None
+    keras_name: ClassVar[str] = "activation"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return numel(shape)
+
+    def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        y = lower_activation(g, x, self.activation, ctx.name)
+        ctx.saved.update(x=x, z=x, y=y)
+        return y

@@ -1,0 +1,266 @@
+"""The spec: Pydantic models of a whole network file, its loading, and Pydantic errors -> Issues."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from .errors import Issue, SpecError
+from .layers import LAYERS_BY_TYPE, AnyLayer, Layer
+from .layers.base import Float, Int
+from .loader import read_spec_file
+
+MAX_LAYERS = 1000
+MAX_SIDE = 16384
+MAX_CHANNELS = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """The image the network takes: Keras's channels-last [H, W, C], without the batch."""
+
+    shape: Annotated[list[Int(ge=1, le=MAX_SIDE)], Field(min_length=3, max_length=3)]
+
+
+def _number_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+PerChannel = Annotated[list[Float()], BeforeValidator(_number_or_list), Field(min_length=1, max_length=MAX_CHANNELS)]
+
+
+class Preprocess(_Strict):
+    """Applied inside the model to raw pixels: x * scale, then (x - mean) / std per channel."""
+
+    scale: Float(gt=0) = 1.0
+    mean: PerChannel = [0.0]
+    std: PerChannel = [1.0]
+
+
+class Training(_Strict):
+    """How `cnnspec train` trains the network; every field can be overridden on the command line."""
+
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw"] = "adam"
+    learning_rate: Float(gt=0, le=10) | None = None
+    """Default: 0.001 for adam/adamw, 0.01 for the sgd family (Keras's defaults)."""
+    momentum: Float(ge=0, lt=1) = 0.9
+    beta_1: Float(ge=0, lt=1) = 0.9
+    beta_2: Float(ge=0, lt=1) = 0.999
+    epsilon: Float(gt=0) = 1e-7
+    weight_decay: Float(ge=0, lt=1) = 0.0
+    epochs: Int(ge=1, le=100_000) = 10
+    batch_size: Int(ge=1, le=65_536) = 32
+    loss: Literal["categorical_crossentropy"] = "categorical_crossentropy"
+    label_smoothing: Float(ge=0, lt=1) = 0.0
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    step_epochs: Int(ge=1, le=100_000) = 10
+    """With schedule 'step': multiply the learning rate by step_gamma every step_epochs epochs."""
+    step_gamma: Float(gt=0, le=1) = 0.1
+    patience: Int(ge=1, le=100_000) | None = None
+    """Early stopping: stop after this many epochs without a better validation loss (keeps the best)."""
+    val_split: Float(gt=0, lt=1) | None = None
+    seed: Int(ge=0, le=2**32 - 1) = 0
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 0.001 if self.optimizer in ("adam", "adamw") else 0.01
+
+
+Label = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+
+
+class Spec(_Strict):
+    """A whole network: its input, its layers and (optionally) labels, preprocessing and training."""
+
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+    input: InputSpec
+    labels: list[Label] | None = None
+    preprocess: Preprocess | None = None
+    layers: Annotated[list[AnyLayer], Field(min_length=1, max_length=MAX_LAYERS)]
+    training: Training | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.input.shape
+        return (h, w, c)
+
+
+# ---- names ----------------------------------------------------------------------------------------
+
+
+def layer_names(layers: list[Any]) -> list[str]:
+    """Each layer's name: its own, or Keras's default (conv2d, conv2d_1, dense, ...) for its kind.
+
+    Works on validated layers and on raw dicts (for error messages before validation). Defaults skip
+    names the spec gives explicitly, so they never collide with them.
+    """
+
+    def explicit(layer: Any) -> str | None:
+        name = layer.get("name") if isinstance(layer, dict) else getattr(layer, "name", None)
+        return name if isinstance(name, str) else None
+
+    def prefix(layer: Any) -> str:
+        kind = layer.get("type") if isinstance(layer, dict) else type(layer)
+        cls = LAYERS_BY_TYPE.get(kind) if isinstance(kind, str) else kind
+        return cls.keras_name if cls is not None and hasattr(cls, "keras_name") else "layer"
+
+    taken = {n for n in map(explicit, layers) if n}
+    counters: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        name = explicit(layer)
+        if name is None:
+            base = prefix(layer)
+            while True:
+                n = counters.get(base, 0)
+                counters[base] = n + 1
+                name = base if n == 0 else f"{base}_{n}"
+                if name not in taken:
+                    break
+        names.append(name)
+    return names
+
+
+def layer_label(index: int, kind: Any, name: str) -> str:
+    """How messages name a layer: layers[3] Conv2D 'conv2d_2'."""
+    return f"layers[{index}] {kind if isinstance(kind, str) else 'layer'} '{name}'"
+
+
+# ---- Pydantic errors -> Issues ------------------------------------------------------------------
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model whose fields live at `loc` (for 'did you mean' on unknown fields)."""
+    model: type[BaseModel] | None = Spec
+    nested = {"input": InputSpec, "preprocess": Preprocess, "training": Training}
+    if not loc:
+        return Spec
+    if loc[0] == "layers" and len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE:
+        return LAYERS_BY_TYPE[loc[2]] if len(loc) == 3 else None
+    if len(loc) == 1:
+        model = nested.get(loc[0])
+    else:
+        model = None
+    return model
+
+
+def _suggest(word: Any, choices: list[str]) -> str:
+    lowered = {c.lower(): c for c in choices}
+    match = [lowered[str(word).lower()]] if str(word).lower() in lowered else []
+    match = match or difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _is_union_member(part: Any) -> bool:
+    # Pydantic appends the union member it tried to the location: "literal['a','b']", "int", ...
+    return isinstance(part, str) and (
+        "[" in part or part in ("int", "float", "str", "bool", "none", "list", "dict", "tuple")
+    )
+
+
+def _describe(error: dict, field: str) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if kind == "extra_forbidden":
+        model = _model_at(tuple(error["loc"][:-1]))
+        allowed = [f for f in model.model_fields if f != "type"] if model else []
+        parent, _, key = field.rpartition(".")
+        return f"{parent + ': ' if parent else ''}unknown field '{key}'{_suggest(key, allowed)}"
+    if kind == "union_tag_invalid":
+        return f"unknown layer type {ctx.get('tag')!r}{_suggest(ctx.get('tag'), list(LAYERS_BY_TYPE))}"
+    if kind == "union_tag_not_found":
+        return "missing 'type' (one of " + ", ".join(LAYERS_BY_TYPE) + ")"
+    if kind == "missing":
+        return f"missing required field '{field}'"
+    if kind.startswith("cnnspec_"):
+        return f"{field} {error['msg']}"
+    if kind == "literal_error":
+        expected = [e.strip().strip("'") for e in ctx.get("expected", "").replace(" or ", ",").split(",")]
+        return f"{field} must be one of {ctx.get('expected')}, got {shown}{_suggest(value, expected)}"
+    if kind == "string_type":
+        return f"{field} must be a string (quote it), got {shown}"
+    if kind == "bool_type":
+        return f"{field} must be true or false, got {shown}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{field or 'the spec'} must be a mapping, got {shown}"
+    if kind in ("list_type", "tuple_type"):
+        return f"{field} must be a list, got {shown}"
+    if kind == "too_short":
+        return f"{field} must have at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"{field} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}"
+    if kind in ("string_too_long", "string_too_short"):
+        return f"{field} {error['msg'].lower()}"
+    return f"{field}: {error['msg']}"
+
+
+def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]:
+    """One Issue per (layer, field), with the layer's index and name and a 'did you mean' where it helps."""
+    raw_layers = data.get("layers") if isinstance(data, dict) else None
+    raw_layers = raw_layers if isinstance(raw_layers, list) else []
+    names = layer_names(raw_layers)
+    issues: dict[tuple, Issue] = {}
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not _is_union_member(p))
+        layer, prefix = None, ""
+        if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
+            layer = loc[1]
+            rest = loc[3:] if len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE else loc[2:]
+            raw = raw_layers[layer] if layer < len(raw_layers) else {}
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            prefix = layer_label(layer, kind, names[layer] if layer < len(names) else "?") + ": "
+        else:
+            rest = loc
+        field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[") or None
+        if error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
+            field = "type"
+        message = prefix + _describe(error, field or "")
+        issues.setdefault((layer, field), Issue(message, layer, field))
+    return list(issues.values())
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def spec_from_data(data: Any, source: str = "spec") -> Spec:
+    """Validate parsed data as a Spec; every problem at once in one SpecError."""
+    if data is None:
+        raise SpecError(f"{source}: spec is empty")
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping (name, input, layers, ...), not a {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(issues_from_validation_error(exc, data)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file (YAML or JSON). Shapes are checked by `analyze`."""
+    return spec_from_data(read_spec_file(path), source=str(path))
+
+
+def spec_json_schema() -> dict:
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cnnspec network spec"
+    return schema
+
+
+def normalized(spec: Spec) -> dict:
+    """The spec with every default filled in and every layer named: the form embedded in models."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    for layer, name in zip(data["layers"], layer_names(spec.layers)):
+        layer["name"] = name
+    return data
+
+
+__all__ = ["Spec", "InputSpec", "Preprocess", "Training", "Layer", "load_spec", "spec_from_data", "layer_names"]
