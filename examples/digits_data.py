@@ -36,7 +36,7 @@ def write_digits(out: Path, n_images: int = 20) -> None:
     images = out / "images"
     images.mkdir(exist_ok=True)
     for i in range(min(n_images, len(x_test))):
-        Image.fromarray(x_test[i], mode="L").save(images / f"test{i:03d}_label{y_test[i]}.png")
+        Image.fromarray(x_test[i]).save(images / f"test{i:03d}_label{y_test[i]}.png")
     print(f"wrote {out}/train.npz ({len(x_train)}), test.npz ({len(x_test)}), {min(n_images, len(x_test))} PNGs")
 
 
