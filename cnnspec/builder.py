@@ -16,8 +16,10 @@ class GraphBuilder:
     from onnxruntime) show the user's layer names.
     """
 
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: int, dtype: Any = np.float32) -> None:
         self.opset = opset
+        self.dtype = np.dtype(dtype)
+        """Float type of constants; float64 builds serve the gradient checks (onnx's reference evaluator)."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._taken: set[str] = set()
@@ -49,6 +51,7 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def constant(self, scope: str, value: np.ndarray | float, dtype: Any = np.float32) -> str:
-        """A small fixed constant (not a parameter) named after its scope."""
-        return self._add_initializer(self.unique(f"{scope}/const"), np.asarray(value, dtype=dtype))
+    def constant(self, scope: str, value: np.ndarray | float, dtype: Any = None) -> str:
+        """A small fixed constant (not a parameter) named after its scope; floats follow `self.dtype`."""
+        array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        return self._add_initializer(self.unique(f"{scope}/const"), array)
