@@ -89,7 +89,7 @@ def compile_cmd(
     from .files import atomic_write, check_output_path
     from .spec import load_spec
 
-    check_output_path(output, not_same_as=[spec])
+    check_output_path(output, not_same_as={"spec": spec})
     model = compile_spec(load_spec(spec), seed=seed, opset=opset or DEFAULT_OPSET)
     atomic_write(output, model_bytes(model))
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
@@ -105,38 +105,76 @@ def inspect(model: ModelPath) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the error boundary; never shows a traceback unless CNNSPEC_DEBUG=1."""
-    import click
-
-    debug = os.environ.get("CNNSPEC_DEBUG") == "1"
-    command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="cnnspec", standalone_mode=False)
-        code = 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
+        code = _run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
         code = 130
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except SpecError as exc:
-        _print_issues(exc.issues)
-        code = exc.exit_code
-    except CnnspecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except BrokenPipeError:
-        code = _quiet_broken_pipe()
-    except Exception as exc:  # noqa: BLE001 - the boundary: anything unexpected is a bug, said plainly
-        if debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (set CNNSPEC_DEBUG=1 for a traceback)", file=sys.stderr)
-        code = 1
     _flush_quietly()
     sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """One command, every outcome mapped to an exit code: 0 ok, 1 error, 2 usage, 130 Ctrl-C, 141 closed pipe."""
+    click_error, usage_error = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        # NOTE: with standalone_mode=False, Typer *returns* typer.Exit's code (and 130 for Ctrl-C,
+        # which it catches itself) instead of raising.
+        result = command.main(args=argv, prog_name="cnnspec", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except usage_error as exc:
+        return _usage_error(exc)
+    except click_error as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except SpecError as exc:
+        _print_issues(exc.issues)
+        return exc.exit_code
+    except CnnspecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except SystemExit as exc:  # Typer exits 1 itself on EPIPE; a closed pipe is not an error
+        if isinstance(exc.__context__, BrokenPipeError):
+            return _quiet_broken_pipe()
+        raise
+    except MemoryError:
+        print("error: out of memory (the spec, model or data is too large for this machine)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the environment (disk full, permissions), not the input or a bug
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the boundary: anything unexpected is a bug, said plainly
+        if os.environ.get("CNNSPEC_DEBUG") == "1":
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set CNNSPEC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    if code == 130:
+        print("error: interrupted", file=sys.stderr)
+    return code
+
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
+    try:  # Typer >= 0.26 vendors its own copy of click
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # pragma: no cover - older Typer on the real click
+        from click.exceptions import ClickException, UsageError
+    return ClickException, UsageError
+
+
+def _usage_error(exc) -> int:
+    # Click-style text ("Invalid value for '--seed': ...") but starting with "error:" like every failure.
+    print(f"error: {exc.format_message()}", file=sys.stderr)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.help_option_names:
+        print(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", file=sys.stderr)
+    return exc.exit_code
 
 
 def _quiet_broken_pipe() -> int:

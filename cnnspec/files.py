@@ -1,33 +1,57 @@
-"""Crash-safe file writes and output-path checks. Every file cnnspec writes goes through `atomic_write`."""
+"""Crash-safe file writes and output-path checks. Every file cnnspec writes goes through `atomic_write`.
+
+A reader (or a crash, or a concurrent writer) must only ever see the old file or the whole new one:
+the bytes go to a temp file in the destination folder, are fsynced, and the temp file is renamed
+over the destination (rename is atomic within one file system). Temp files of writers that died
+(kill -9, power cut) carry the dead writer's pid in their name and are removed by the next write.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import CnnspecError, UsageError
 
 TEMP_SUFFIX = ".cnnspec-tmp"
+_CHUNK = 1 << 22  # os.write may write less than asked; 4 MiB per call keeps each call short
+_NAME_KEEP = 100  # room for ".<pid>.<random>.cnnspec-tmp" within the usual 255-byte file-name limit
 
 
-def check_output_path(path: str | Path, *, not_same_as: list[str | Path] = ()) -> Path:
-    """Refuse an output path that cannot work before doing any expensive work."""
+def check_output_path(path: str | Path, *, not_same_as: Mapping[str, str | Path] | Sequence[str | Path] = ()) -> Path:
+    """Refuse an output path that cannot work, before doing any expensive work.
+
+    `not_same_as` names the inputs the output must not overwrite, e.g. {"spec": spec_path}.
+    """
     path = Path(path)
-    for other in not_same_as:
-        if Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
-            raise UsageError(f"output '{path}' would overwrite the input '{other}'")
+    inputs = not_same_as.items() if isinstance(not_same_as, Mapping) else [("input", p) for p in not_same_as]
+    for what, other in inputs:
+        if _same_file(path, Path(other)):
+            raise UsageError(f"output '{path}' would overwrite the {what} '{other}'; choose another output path")
     if path.is_dir():
-        raise UsageError(f"output '{path}' is a directory")
+        raise UsageError(f"output '{path}' is a directory; give a file name such as '{path / 'model.onnx'}'")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"output '{path}' exists and is not a regular file (a device, FIFO or socket)")
     parent = path.parent
     for ancestor in [parent, *parent.parents]:
         if ancestor.exists() and not ancestor.is_dir():
             raise CnnspecError(f"cannot write '{path}': '{ancestor}' is not a directory")
     if not parent.exists():
-        raise UsageError(f"cannot write '{path}': directory '{parent}' does not exist")
+        raise UsageError(f"cannot write '{path}': directory '{parent}' does not exist; create it first")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    # samefile also catches hard links and symlinks to the input.
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -35,16 +59,27 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:_NAME_KEEP]}."
+
+
+def stale_temps(path: str | Path) -> list[Path]:
+    """Temp files next to `path` left by writers of `path` (alive or dead)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{_temp_prefix(path)}*{TEMP_SUFFIX}"))
+
+
 def _remove_stale_temps(path: Path) -> None:
     """Remove temp files of this output left by writers that were killed (their pid is gone)."""
-    for temp in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+    prefix = _temp_prefix(path)
+    for temp in stale_temps(path):
         try:
-            pid = int(temp.name[len(path.name) + 2 :].split(".")[0])
+            pid = int(temp.name[len(prefix) :].split(".")[0])
         except ValueError:
             continue
         if not _pid_alive(pid):
@@ -52,34 +87,56 @@ def _remove_stale_temps(path: Path) -> None:
                 temp.unlink()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (os.write may write fewer) and fsync, so the data is on disk before the rename."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[:_CHUNK])
+        view = view[written:]
+    os.fsync(fd)
+
+
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     mkstemp in the destination folder, write, fsync, chmod, rename over the destination, then fsync
-    the folder so the rename itself survives a power cut.
+    the folder so the rename itself survives a power cut. An OSError (disk full, I/O error) becomes a
+    CnnspecError; the temp file is removed and the previous file is left as it was.
     """
     path = Path(path)
-    _remove_stale_temps(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    if path.exists() and not path.is_file():  # never rename over /dev/null or a FIFO
+        raise UsageError(f"output '{path}' exists and is not a regular file (a device, FIFO or socket)")
+    temp: str | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _remove_stale_temps(path)
+        fd, temp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         os.chmod(temp, mode & ~_umask())
-        if os.environ.get("CNNSPEC_TEST_HOOK") == "pause_before_replace":
-            time.sleep(30)  # lets tests kill the writer exactly between fsync and rename
+        _test_hook()
         os.replace(temp, path)
+        temp = None
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         if isinstance(exc, OSError):
             raise CnnspecError(f"could not write '{path}': {exc.strerror or exc}") from None
         raise
     _fsync_dir(path.parent)
 
 
+def _test_hook() -> None:
+    # CNNSPEC_TEST_HOOK=pause_before_replace lets tests kill the writer exactly between fsync and rename.
+    if os.environ.get("CNNSPEC_TEST_HOOK") == "pause_before_replace":
+        print("cnnspec-test-hook: paused before replace", file=sys.stderr, flush=True)
+        time.sleep(60)
+
+
 def _umask() -> int:
+    # os.umask can only be read by setting it; done once per write, in one thread.
     current = os.umask(0)
     os.umask(current)
     return current

@@ -132,7 +132,13 @@ def layer_names(layers: list[Any]) -> list[str]:
 
 def layer_label(index: int, kind: Any, name: str) -> str:
     """How messages name a layer: layers[3] Conv2D 'conv2d_2'."""
-    return f"layers[{index}] {kind if isinstance(kind, str) else 'layer'} '{name}'"
+    return f"layers[{index}] {_shown(kind) if isinstance(kind, str) else 'layer'} '{_shown(name)}'"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """User text as it may appear in a message: short, and with control characters escaped."""
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- Pydantic errors -> Issues ------------------------------------------------------------------
