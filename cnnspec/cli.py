@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,9 +50,10 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Check a spec (fields, then shapes) and summarize every layer."""
-    from .analysis import analyze
-    from .spec import load_spec
-    from .summary import render_report, report_json
+    with _no_pydantic_plugins():
+        from .analysis import analyze
+        from .spec import load_spec
+        from .summary import format_report, report_json
 
     try:
         report = analyze(load_spec(spec))
@@ -63,10 +66,28 @@ def validate(
         print(json.dumps(report_json(report)))
     else:
         if report.layers:
-            render_report(report, _console())
+            print(format_report(report))
         _print_issues(report.warnings, "warning")
         _print_issues(report.issues)
     raise typer.Exit(0 if report.valid else 1)
+
+
+@contextmanager
+def _no_pydantic_plugins() -> Iterator[None]:
+    """Build cnnspec's Pydantic models without Pydantic's plugin discovery.
+
+    On the first model it builds, Pydantic reads the entry points of every installed distribution
+    looking for plugins (~15 ms with 120 packages); cnnspec's models use none. Typer does the same.
+    """
+    previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYDANTIC_DISABLE_PLUGINS", None)
+        else:
+            os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import Report
+from .analysis import LayerReport, Report
 from .errors import Issue
 
 
@@ -55,27 +55,48 @@ def report_json(report: Report, issues: list[Issue] | None = None, name: str | N
     }
 
 
-def render_report(report: Report, console: Any) -> None:
-    """Print the per-layer table and the totals with rich."""
-    from rich.table import Table
+_COLUMNS = (  # (header, right-aligned)
+    ("#", True), ("layer", False), ("type", False), ("output", False), ("params", True), ("FLOPs", True),
+    ("act. mem", True), ("padding t,b,l,r", False), ("RF", False),
+)  # fmt: skip
 
+
+def _row(r: LayerReport) -> tuple[str, ...]:
+    return (
+        str(r.index), r.name, r.type, _shape(r.output_shape), f"{r.params:,}", _si(r.flops),
+        _bytes(r.activation_bytes), r.padding or "-", f"{r.receptive_field[0]}x{r.receptive_field[1]}",
+    )  # fmt: skip
+
+
+def format_report(report: Report) -> str:
+    """The per-layer table and the totals as plain text (ASCII, so any terminal or pipe can take it).
+
+    NOTE: plain text rather than rich: importing and laying out rich costs ~45 ms, a sixth of
+    `cnnspec validate`'s start-up budget, for a table this simple.
+    """
     spec = report.spec
-    table = Table(title=f"{spec.name}  (input {_shape(spec.input_shape)})", title_justify="left")
-    for col, justify in (
-        ("#", "right"), ("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right"),
-        ("FLOPs", "right"), ("act. mem", "right"), ("padding t,b,l,r", "left"), ("RF", "left"),
-    ):  # fmt: skip
-        table.add_column(col, justify=justify)
-    for r in report.layers:
-        table.add_row(
-            str(r.index), r.name, r.type, _shape(r.output_shape), f"{r.params:,}", _si(r.flops),
-            _bytes(r.activation_bytes), r.padding, f"{r.receptive_field[0]}x{r.receptive_field[1]}",
-        )  # fmt: skip
-    console.print(table)
-    console.print(
-        f"Total params: {report.total_params:,} (trainable {report.trainable_params:,}, "
-        f"non-trainable {report.total_params - report.trainable_params:,});  "
-        f"weights {_bytes(4 * report.total_params)};  FLOPs/image {_si(report.total_flops)};  "
-        f"classes {report.output_shape[0] if len(report.output_shape) == 1 else '?'}",
-        highlight=False,
+    rows = [tuple(h for h, _ in _COLUMNS)] + [_row(r) for r in report.layers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        parts = (c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(cells, widths, _COLUMNS, strict=True))
+        return "  ".join(parts).rstrip()
+
+    rule = "-" * len(line(tuple("-" * w for w in widths)))
+    classes = report.output_shape[0] if len(report.output_shape) == 1 else "?"
+    return "\n".join(
+        [f"Model: {spec.name}  (input {_shape(spec.input_shape)}, H x W x C)", rule, line(rows[0]), rule]
+        + [line(row) for row in rows[1:]]
+        + [
+            rule,
+            f"Total params: {report.total_params:,} (trainable {report.trainable_params:,}, "
+            f"non-trainable {report.total_params - report.trainable_params:,})",
+            f"Weights: {_bytes(4 * report.total_params)} (float32);  FLOPs per image: {_si(report.total_flops)};  "
+            f"classes: {classes}",
+        ]
     )
+
+
+def render_report(report: Report, console: Any) -> None:
+    """Print the table through a rich Console (for commands that already use one, e.g. `inspect`)."""
+    console.print(format_report(report), markup=False, highlight=False)
