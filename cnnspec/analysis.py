@@ -82,9 +82,18 @@ def _layer_report(index: int, name: str, layer: Layer, shape: Shape, rf: list[in
         rf[0], rf[1] = rf[0] + (kh - 1) * dh * jump[0], rf[1] + (kw - 1) * dw * jump[1]
         jump[0], jump[1] = jump[0] * sh, jump[1] * sw
     return LayerReport(
-        index, name, layer.type, shape, out, params, trainable, shapes, layer.flops(shape, out),
-        layer.padding_applied(shape), (rf[0], rf[1]),
-    )  # fmt: skip
+        index,
+        name,
+        layer.type,
+        shape,
+        out,
+        params,
+        trainable,
+        shapes,
+        layer.flops(shape, out),
+        layer.padding_applied(shape),
+        (rf[0], rf[1]),
+    )
 
 
 def analyze(spec: Spec) -> Report:
@@ -95,13 +104,16 @@ def analyze(spec: Spec) -> Report:
     shape: Shape = spec.input_shape
     if numel(shape) > MAX_INPUT_VALUES:
         report.issues.append(
-            Issue(f"input.shape {list(shape)} has {numel(shape):,} values per image; the limit is {MAX_INPUT_VALUES:,}",
-                  None, "input.shape")  # fmt: skip
+            Issue(
+                f"input.shape {list(shape)} has {numel(shape):,} values per image; the limit is {MAX_INPUT_VALUES:,}",
+                None,
+                "input.shape",
+            )
         )
         return report
     _check_preprocess(spec, report)
     rf, jump = [1, 1], [1, 1]
-    for index, (layer, name) in enumerate(zip(spec.layers, names)):
+    for index, (layer, name) in enumerate(zip(spec.layers, names, strict=True)):
         label = layer_label(index, layer.type, name)
         try:
             row = _layer_report(index, name, layer, shape, rf, jump)
@@ -111,15 +123,22 @@ def analyze(spec: Spec) -> Report:
         report.layers.append(row)
         if report.total_params > MAX_PARAMS:
             report.issues.append(
-                Issue(f"{label}: the network reaches {report.total_params:.1e} parameters, which exceeds the limit "
-                      f"{MAX_PARAMS:.1e} (protobuf's 2 GiB cap on an .onnx file). Hint: fewer units or filters, "
-                      "or pooling before Flatten", index, None)  # fmt: skip
+                Issue(
+                    f"{label}: the network reaches {report.total_params:.1e} parameters, which exceeds the limit "
+                    f"{MAX_PARAMS:.1e} (protobuf's 2 GiB cap on an .onnx file). Hint: fewer units or filters, "
+                    "or pooling before Flatten",
+                    index,
+                    None,
+                )
             )
             return report
         if getattr(layer, "activation", None) == "softmax" and index != len(spec.layers) - 1:
             report.warnings.append(
-                Issue(f"{label}: softmax is usually the last activation; here it is followed by more layers",
-                      index, "activation")  # fmt: skip
+                Issue(
+                    f"{label}: softmax is usually the last activation; here it is followed by more layers",
+                    index,
+                    "activation",
+                )
             )
         shape = row.output_shape
     _check_output(spec, report, names)
@@ -131,8 +150,12 @@ def _check_names(spec: Spec, names: list[str], report: Report) -> None:
     for index, name in enumerate(names):
         if name in seen:
             report.issues.append(
-                Issue(f"{layer_label(index, spec.layers[index].type, name)}: duplicate layer name '{name}' "
-                      f"(also layers[{seen[name]}]). Hint: give each layer its own name", index, "name")  # fmt: skip
+                Issue(
+                    f"{layer_label(index, spec.layers[index].type, name)}: duplicate layer name '{name}' "
+                    f"(also layers[{seen[name]}]). Hint: give each layer its own name",
+                    index,
+                    "name",
+                )
             )
         seen.setdefault(name, index)
 
@@ -145,11 +168,22 @@ def _check_preprocess(spec: Spec, report: Report) -> None:
         values = getattr(spec.preprocess, key)
         if len(values) not in (1, channels):
             report.issues.append(
-                Issue(f"preprocess.{key} has {len(values)} values but the input has {channels} channel(s). "
-                      f"Hint: give one value or {channels}", None, f"preprocess.{key}")  # fmt: skip
+                Issue(
+                    f"preprocess.{key} has {len(values)} values but the input has {channels} channel(s). "
+                    f"Hint: give one value or {channels}",
+                    None,
+                    f"preprocess.{key}",
+                )
             )
     if any(v <= 0 for v in spec.preprocess.std):
-        report.issues.append(Issue("preprocess.std values must be > 0", None, "preprocess.std"))
+        report.issues.append(
+            Issue(
+                f"preprocess.std values must be > 0 (pixels are divided by them), got {spec.preprocess.std}. "
+                "Hint: use the data's standard deviation per channel, or 1 to leave the scale alone",
+                None,
+                "preprocess.std",
+            )
+        )
 
 
 def _check_output(spec: Spec, report: Report, names: list[str]) -> None:
@@ -159,18 +193,33 @@ def _check_output(spec: Spec, report: Report, names: list[str]) -> None:
     out = report.output_shape
     if len(out) != 1:
         report.issues.append(
-            Issue(f"{layer_label(last, spec.layers[last].type, names[last])}: the network must end with a flat "
-                  f"output (classes,) but ends with the image shape {out[0]}x{out[1]}x{out[2]}. Hint: add Flatten "
-                  "or GlobalAveragePooling2D, then Dense(units=<classes>)", last, None)  # fmt: skip
+            Issue(
+                f"{layer_label(last, spec.layers[last].type, names[last])}: the network must end with a flat "
+                f"output (classes,) but ends with the image shape {out[0]}x{out[1]}x{out[2]}. Hint: add Flatten "
+                "or GlobalAveragePooling2D, then Dense(units=<classes>)",
+                last,
+                None,
+            )
         )
     elif spec.labels is not None and len(spec.labels) != out[0]:
         report.issues.append(
-            Issue(f"labels has {len(spec.labels)} names but the last layer '{names[last]}' outputs {out[0]} "
-                  f"values. Hint: set its units to {len(spec.labels)} or list {out[0]} labels", None, "labels")  # fmt: skip
+            Issue(
+                f"labels has {len(spec.labels)} names but the last layer '{names[last]}' outputs {out[0]} "
+                f"values. Hint: set its units to {len(spec.labels)} or list {out[0]} labels",
+                None,
+                "labels",
+            )
         )
     elif spec.labels is not None and len(set(spec.labels)) != len(spec.labels):
         dup = next(x for x in spec.labels if spec.labels.count(x) > 1)
-        report.issues.append(Issue(f"labels lists '{dup}' more than once", None, "labels"))
+        report.issues.append(
+            Issue(
+                f"labels lists '{dup}' more than once; each class needs its own name. "
+                "Hint: rename or remove the repeated label",
+                None,
+                "labels",
+            )
+        )
 
 
 def check(spec: Spec) -> Report:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
 
 from .errors import Issue, SpecError
 from .layers import LAYERS_BY_TYPE, AnyLayer, Layer
@@ -173,40 +172,74 @@ def _is_union_member(part: Any) -> bool:
     )
 
 
+def _received(value: Any) -> str:
+    """A received value as the user wrote it: true/false/null like YAML and JSON, the rest as repr."""
+    text = (
+        {True: "true", False: "false", None: "null"}.get(value, None) if isinstance(value, (bool, type(None))) else None
+    )
+    text = text or repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_hint(value: Any) -> str:
+    """The fix for a value of the wrong type where a number belongs."""
+    if isinstance(value, bool):
+        return " Hint: true/false is not a number here; write the number itself"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return " Hint: write a number"
+        return f" Hint: remove the quotes ({value})"
+    if isinstance(value, float) and value.is_integer():
+        return f" Hint: write the whole number {int(value)}"
+    return ""
+
+
 def _describe(error: dict, field: str) -> str:
+    """One Pydantic error in words: what is wrong, the rule with the received value, and a hint."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    shown = _received(value)
     if kind == "extra_forbidden":
         model = _model_at(tuple(error["loc"][:-1]))
         allowed = [f for f in model.model_fields if f != "type"] if model else []
         parent, _, key = field.rpartition(".")
-        return f"{parent + ': ' if parent else ''}unknown field '{key}'{_suggest(key, allowed)}"
+        hint = _suggest(key, allowed) or (f". Hint: the fields here are {', '.join(allowed)}" if allowed else "")
+        return f"{parent + ': ' if parent else ''}unknown field '{key}'{hint}"
     if kind == "union_tag_invalid":
-        return f"unknown layer type {ctx.get('tag')!r}{_suggest(ctx.get('tag'), list(LAYERS_BY_TYPE))}"
+        tag = ctx.get("tag")
+        return f"unknown layer type {tag!r}" + (_suggest(tag, list(LAYERS_BY_TYPE)) or _TYPES_HINT)
     if kind == "union_tag_not_found":
-        return "missing 'type' (one of " + ", ".join(LAYERS_BY_TYPE) + ")"
+        return "missing 'type'" + _TYPES_HINT
     if kind == "missing":
-        return f"missing required field '{field}'"
+        key = field.rpartition(".")[2]
+        return f"missing required field '{field}'. Hint: add '{key}: ...'"
     if kind.startswith("cnnspec_"):
-        return f"{field} {error['msg']}"
+        return f"{field} {error['msg']}" + ("." + _type_hint(value) if _type_hint(value) else "")
     if kind == "literal_error":
         expected = [e.strip().strip("'") for e in ctx.get("expected", "").replace(" or ", ",").split(",")]
         return f"{field} must be one of {ctx.get('expected')}, got {shown}{_suggest(value, expected)}"
     if kind == "string_type":
-        return f"{field} must be a string (quote it), got {shown}"
+        return f"{field} must be a string, got {shown}. Hint: put it in quotes"
     if kind == "bool_type":
-        return f"{field} must be true or false, got {shown}"
+        return f"{field} must be true or false, got {shown}. Hint: YAML 1.2 reads yes/no/on/off as text"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{field or 'the spec'} must be a mapping, got {shown}"
+        return f"{field or 'the spec'} must be a mapping (key: value, ...), got {shown}"
     if kind in ("list_type", "tuple_type"):
-        return f"{field} must be a list, got {shown}"
+        return f"{field} must be a list, got {shown}. Hint: write it as [a, b, ...]"
     if kind == "too_short":
-        return f"{field} must have at least {ctx.get('min_length')} item(s)"
+        return f"{field} must have at least {ctx.get('min_length')} item(s), got {shown}" + _LENGTH_HINTS.get(field, "")
     if kind == "too_long":
-        return f"{field} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}"
+        return f"{field} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}" + _LENGTH_HINTS.get(
+            field, ""
+        )
     if kind in ("string_too_long", "string_too_short"):
-        return f"{field} {error['msg'].lower()}"
-    return f"{field}: {error['msg']}"
+        return f"{field} {error['msg'].lower()}, got {shown}"
+    return f"{field}: {error['msg']}, got {shown}"
+
+
+_TYPES_HINT = ". Hint: type is one of " + ", ".join(LAYERS_BY_TYPE)
+_LENGTH_HINTS = {"input.shape": ". Hint: [height, width, channels], e.g. [28, 28, 1]"}
 
 
 def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]:
@@ -264,7 +297,11 @@ def spec_json_schema() -> dict:
 def normalized(spec: Spec) -> dict:
     """The spec with every default filled in and every layer named: the form embedded in models."""
     data = spec.model_dump(mode="json", exclude_none=True)
-    for layer, name in zip(data["layers"], layer_names(spec.layers)):
+    for layer, model in zip(data["layers"], spec.layers, strict=True):
+        # exclude_none also drops a *required* None (Activation's `activation: null`): put it back,
+        # so the embedded spec validates again (normalized is a fixed point).
+        layer.update({k: None for k, f in type(model).model_fields.items() if f.is_required() and k not in layer})
+    for layer, name in zip(data["layers"], layer_names(spec.layers), strict=True):
         layer["name"] = name
     return data
 

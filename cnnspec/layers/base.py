@@ -27,12 +27,17 @@ if TYPE_CHECKING:
 # both and say the rule in words, e.g. "must be an integer ≥ 1".
 
 
+def _got(value: Any) -> str:
+    """A received value as YAML/JSON wrote it (true, not Python's True)."""
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+
+
 def _int_check(ge: int | None, le: int | None):
     rule = "an integer" + (f" ≥ {ge}" if ge is not None else "") + (f" and ≤ {le:,}" if le is not None else "")
 
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise PydanticCustomError("cnnspec_int", "must be {rule}, got {got}", {"rule": rule, "got": repr(value)})
+            raise PydanticCustomError("cnnspec_int", "must be {rule}, got {got}", {"rule": rule, "got": _got(value)})
         if (ge is not None and value < ge) or (le is not None and value > le):
             raise PydanticCustomError("cnnspec_int", "must be {rule}, got {got}", {"rule": rule, "got": value})
         return value
@@ -54,7 +59,7 @@ def _float_check(ge: float | None, lt: float | None, gt: float | None, le: float
 
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PydanticCustomError("cnnspec_float", "must be {rule}, got {got}", {"rule": rule, "got": repr(value)})
+            raise PydanticCustomError("cnnspec_float", "must be {rule}, got {got}", {"rule": rule, "got": _got(value)})
         if not math.isfinite(value):
             raise PydanticCustomError("cnnspec_float", "must be finite, got {got}", {"got": repr(value)})
         v = float(value)
@@ -79,7 +84,7 @@ def _pair_check(value: Any) -> Any:
     items = list(value) if isinstance(value, (list, tuple)) else [value, value]
     if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WINDOW for v in items):
         raise PydanticCustomError(
-            "cnnspec_pair", "must be an integer ≥ 1 or a list [h, w] of two, got {got}", {"got": repr(value)}
+            "cnnspec_pair", "must be an integer ≥ 1 or a list [h, w] of two, got {got}", {"got": _got(value)}
         )
     return (items[0], items[1])
 
