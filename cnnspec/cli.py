@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -111,7 +111,7 @@ def compile_cmd(
     from .spec import load_spec
 
     check_output_path(output, not_same_as={"spec": spec})
-    model = compile_spec(load_spec(spec), seed=seed, opset=opset or DEFAULT_OPSET)
+    model = compile_spec(load_spec(spec), seed=seed, opset=DEFAULT_OPSET if opset is None else opset)
     atomic_write(output, model_bytes(model))
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
 
@@ -122,6 +122,106 @@ def inspect(model: ModelPath) -> None:
     from .inspection import inspect_model
 
     inspect_model(model, _console())
+
+
+@app.command("export-artifacts")
+def export_artifacts_cmd(
+    spec: SpecPath,
+    folder: Annotated[Path, typer.Argument(help="Folder for the four artifacts (created if missing).")],
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the initial weights.")] = 0,
+) -> None:
+    """Write onnxruntime-training's four artifacts (training, eval, optimizer models, checkpoint) for on-device
+    training; needs onnxruntime-training 1.19.2 in its own environment (docs/ort-training.md)."""
+    from .errors import UsageError
+    from .spec import load_spec
+    from .training.ort_backend import export_artifacts
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"'{folder}' is a file; export-artifacts writes into a folder")
+    loaded = load_spec(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in export_artifacts(loaded, folder, seed=seed):
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
+
+
+DeviceOpt = Annotated[
+    Literal["cpu", "cuda", "auto"], typer.Option("--device", help="cpu, cuda (onnxruntime-gpu) or auto.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=65536, help="Images per onnxruntime call.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, max=1024, help="CPU threads (default: cores).")]
+ResizeOpt = Annotated[
+    Literal["stretch", "fit", "crop"], typer.Option("--resize", help="stretch to HxW, fit (pad) or crop (bilinear).")
+]
+LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="Foreign models: one label per line.")]
+ScaleOpt = Annotated[Optional[float], typer.Option("--scale", help="Foreign models: multiply pixels by this.")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Foreign models: per-channel mean, e.g. 0.5,0.5,0.5.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Foreign models: per-channel std, e.g. 0.25.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _classifier(model, device, threads, labels, scale, mean, std):
+    from .runtime import Classifier, preprocess_from_options, read_labels_file
+
+    preprocess = preprocess_from_options(scale, mean, std)
+    names = read_labels_file(labels) if labels is not None else None
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess)
+    for warning in clf.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return clf
+
+
+@app.command()
+def run(
+    model: ModelPath,
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.", show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per image (all if more than classes).")] = 5,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "cpu",
+    batch_size: BatchOpt = 64,
+    threads: ThreadsOpt = None,
+    resize: ResizeOpt = "stretch",
+    labels: LabelsOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Classify images; exit 1 when any image could not be used (each failure is reported in its own entry)."""
+    from .images import expand_inputs
+    from .run_report import render_results, results_json
+
+    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
+    if as_json:
+        print(results_json(results))
+    else:
+        render_results(results, _console())
+    raise typer.Exit(1 if any(r.error is not None for r in results) else 0)
+
+
+@app.command()
+def evaluate(
+    model: ModelPath,
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "cpu",
+    batch_size: BatchOpt = 256,
+    threads: ThreadsOpt = None,
+    labels: LabelsOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
+    from .data import load_dataset
+    from .run_report import evaluation_json, render_evaluation
+    from .runtime import evaluate as evaluate_model
+
+    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    c, h, w = clf.chw
+    named = clf.is_cnnspec or labels is not None
+    dataset = load_dataset(data, (h, w, c), labels=clf.labels if named else None, num_classes=clf.classes)
+    result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
+    print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .errors import ModelError, UsageError
@@ -50,3 +52,153 @@ def parse_model(data: bytes, source: str) -> onnx.ModelProto:
 
 def read_model(path: str | Path) -> onnx.ModelProto:
     return parse_model(read_model_bytes(path), str(path))
+
+
+# ---- pre-checks before onnxruntime ever sees an untrusted model --------------------------------------------------
+
+# What cnnspec emits, plus the plain ops common exporters (torch.onnx, tf2onnx) use for the same classifiers.
+# Left out on purpose: control flow (Loop/If/Scan), ops that allocate from runtime values (ConstantOfShape,
+# Expand, Tile, Range, Resize/Upsample), and anything outside the default domain.
+ALLOWED_OPS = frozenset(
+    """Conv MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten Reshape
+    Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
+    Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
+    Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast""".split()
+)
+MAX_NODES = 100_000
+MAX_TENSOR_ELEMENTS = 1 << 29  # 2 GiB of float32: protobuf could not hold more anyway
+_WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+_POSITIVE_INTS = ("strides", "dilations", "kernel_shape", "group")
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `run` needs to know about a model that passed the checks."""
+
+    input_name: str
+    chw: tuple[int, int, int]
+    output_name: str
+    classes: int | None  # None when the exporter left the class count symbolic
+    metadata: dict[str, str]
+    ends_in_softmax: bool
+
+
+def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
+    """Refuse anything outside what cnnspec can vouch for (RELIABILITY rows 31-35), before onnxruntime."""
+    graph = model.graph
+    if model.functions:
+        raise ModelError(f"'{source}': model-local functions are not supported by cnnspec run")
+    if graph.sparse_initializer:
+        raise ModelError(f"'{source}': sparse initializers are not supported by cnnspec run")
+    if len(graph.node) > MAX_NODES:
+        raise ModelError(f"'{source}': {len(graph.node)} nodes; limit {MAX_NODES}")
+    for tensor in graph.initializer:
+        check_tensor(tensor, source)
+    for node in graph.node:
+        check_node(node, source)
+    return _model_info(model, source)
+
+
+def check_node(node: onnx.NodeProto, source: str) -> None:
+    where = f"'{source}': node '{node.name or node.output[0] if node.output else '?'}'"
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ALLOWED_OPS:
+        op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        raise ModelError(f"{where}: operator {op} is not supported by cnnspec run (allowed: standard CNN operators)")
+    for attr in node.attribute:
+        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g"):
+            raise ModelError(f"{where}: subgraphs are not supported by cnnspec run")
+        if attr.HasField("t"):
+            check_tensor(attr.t, source)
+        if attr.type == onnx.AttributeProto.SPARSE_TENSOR or attr.HasField("sparse_tensor"):
+            raise ModelError(f"'{source}': sparse tensors are not supported by cnnspec run")
+    if node.op_type in _WINDOW_OPS:
+        _check_window_attrs(node, where)
+
+
+def _check_window_attrs(node: onnx.NodeProto, where: str) -> None:
+    for attr in node.attribute:
+        values = list(attr.ints) if attr.ints else [attr.i]
+        if attr.name in _POSITIVE_INTS and any(v < 1 for v in values):
+            raise ModelError(f"{where}: invalid attribute {attr.name}={values} (every value must be >= 1)")
+        if attr.name == "pads" and any(v < 0 for v in values):
+            raise ModelError(f"{where}: invalid attribute pads={values} (every value must be >= 0)")
+        if attr.name in ("strides", "dilations", "kernel_shape") and len(values) != 2:
+            raise ModelError(f"{where}: invalid attribute {attr.name}={values} (cnnspec run takes 2-D windows)")
+        if attr.name == "pads" and len(values) != 4:
+            raise ModelError(f"{where}: invalid attribute pads={values} (4 values for a 2-D window)")
+
+
+def check_tensor(t: onnx.TensorProto, source: str) -> None:
+    """Sizes must agree with dims, and the data must live in exactly one field."""
+    where = f"'{source}': tensor '{t.name}'"
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+        raise ModelError(f"'{source}': models with external data are not supported")
+    if t.HasField("segment"):
+        raise ModelError(f"{where}: segmented tensors are not supported")
+    if any(d < 0 for d in t.dims):
+        raise ModelError(f"{where}: negative dimension in {list(t.dims)}")
+    numel = int(np.prod(t.dims, dtype=np.float64)) if t.dims else 1
+    if numel > MAX_TENSOR_ELEMENTS:
+        raise ModelError(f"{where}: {numel:.3g} elements exceeds the limit {MAX_TENSOR_ELEMENTS:.3g}")
+    filled = [name for name in _TYPED_FIELDS if len(getattr(t, name))]
+    if t.HasField("raw_data") and filled:
+        raise ModelError(f"{where}: ambiguous initializer (both raw_data and {filled[0]} are set)")
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise ModelError(f"{where}: unknown data type {t.data_type}") from None
+    if t.HasField("raw_data") and t.data_type != onnx.TensorProto.STRING:
+        have, want = len(t.raw_data), numel * itemsize
+    elif filled:
+        # complex numbers take two entries per element; float16/bfloat16/int8... are stored one per int32
+        per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+        have, want = len(getattr(t, filled[0])), numel * per
+    else:
+        have, want = 0, numel
+    if have != want:
+        raise ModelError(f"{where}: initializer size mismatch (dims {list(t.dims)} need {want}, found {have})")
+
+
+def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in constants]
+    dims = _dims(inputs[0]) if len(inputs) == 1 else None
+    if dims is None or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
+        raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
+    c, h, w = dims[1:]
+    if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
+        raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
+    out_dims = _dims(graph.output[0]) if graph.output else None
+    if out_dims is None or len(out_dims) != 2 or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ModelError(f"'{source}': model output must be float32 [N, classes]; {_describe(list(graph.output))}")
+    classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
+    producer = {n.output[0]: n.op_type for n in graph.node if n.output}
+    return ModelInfo(
+        input_name=inputs[0].name,
+        chw=(c, h, w),
+        output_name=graph.output[0].name,
+        classes=classes,
+        metadata={p.key: p.value for p in model.metadata_props},
+        ends_in_softmax=producer.get(graph.output[0].name) == "Softmax",
+    )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
+    t = value.type.tensor_type
+    if not value.type.HasField("tensor_type") or not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _describe(values: list[onnx.ValueInfoProto]) -> str:
+    if not values:
+        return "it has none"
+    parts = []
+    for v in values:
+        elem = v.type.tensor_type.elem_type
+        dtype = onnx.TensorProto.DataType.Name(elem).lower() if elem else "?"
+        dims = _dims(v)
+        parts.append(f"'{v.name}' is {dtype}[{', '.join(map(str, dims)) if dims is not None else '?'}]")
+    return f"found {len(values)}: " + "; ".join(parts)

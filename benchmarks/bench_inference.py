@@ -1,0 +1,316 @@
+"""Inference speed: cnnspec's ONNX graph vs PyTorch eager vs onnxruntime on torch.onnx's export of the same net.
+
+For every spec in specs/ (or those given), at batch 1, 64 and 256: images/s and p50/p99 latency per call, and
+GFLOP/s against the machine's practical fp32 peak (a 4096^3 numpy sgemm). The three runners are measured side by
+side, interleaved in rounds, so a change in machine load hits them alike.
+
+  python benchmarks/bench_inference.py                       # all specs, CPU (and CUDA when present)
+  python benchmarks/bench_inference.py specs/seed.yaml --seconds 2 --json out.json
+
+PyTorch is optional (not a cnnspec dependency): install it in a separate venv to get the comparison columns,
+e.g. `python -m venv --system-site-packages /tmp/tv && /tmp/tv/bin/pip install torch onnxscript`.
+The torch network is built from the compiled ONNX graph itself (every Conv/Gemm/BN gets the compiled initializers),
+so the two run the very same network and weights; torch.onnx.export of that module gives the "peer" graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cnnspec.analysis import check  # noqa: E402
+from cnnspec.compiler import compile_spec, model_bytes  # noqa: E402
+from cnnspec.runtime import available_providers, make_session  # noqa: E402
+from cnnspec.spec import load_spec  # noqa: E402
+
+BATCHES = (1, 64, 256)
+
+
+def sgemm_peak(n: int = 4096, repeats: int = 3) -> float:
+    """Practical fp32 peak in GFLOP/s: the best of a few n^3 numpy matmuls (2 n^3 flops each)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up (BLAS threads, page faults)
+    best = min(_time(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---- runners: each takes a float32 NCHW batch of raw pixels ----------------------------------------------------
+
+
+def ort_runner(model: bytes, device: str, threads: int | None):
+    session = make_session(model, device, threads)
+    name, out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    if device == "cuda":
+        return _cuda_runner(session, name, out)
+    return lambda x: session.run([out], {name: x})[0]
+
+
+def _cuda_runner(session, name: str, out: str):
+    import onnxruntime as ort
+
+    def run(x: np.ndarray) -> np.ndarray:
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(out, "cuda", 0)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run
+
+
+def torch_module(model: onnx.ModelProto):
+    """An eager torch.nn.Module that runs the ONNX graph's nodes with torch ops and the same weights."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+
+    def attrs(node) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def window(node, a):
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        symmetric = pads[:2] == pads[2:]
+        return pads, symmetric
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList()
+            self.plan = []  # (op, inputs, output, module index or None, attrs)
+            for node in model.graph.node:
+                a = attrs(node)
+                module = self._module(node, a)
+                index = None
+                if module is not None:
+                    self.layers.append(module)
+                    index = len(self.layers) - 1
+                self.plan.append((node.op_type, list(node.input), node.output[0], index, a))
+            for k, v in weights.items():
+                self.register_buffer("w_" + str(len(self._buffers)), v)
+            self.consts = weights
+
+        def _module(self, node, a):
+            if node.op_type == "Conv":
+                w = weights[node.input[1]]
+                pads, sym = window(node, a)
+                conv = nn.Conv2d(
+                    w.shape[1] * a.get("group", 1), w.shape[0], tuple(w.shape[2:]), tuple(a.get("strides", [1, 1])),
+                    (pads[0], pads[1]) if sym else 0, tuple(a.get("dilations", [1, 1])), a.get("group", 1),
+                    bias=len(node.input) > 2,
+                )  # fmt: skip
+                conv.weight.data.copy_(w)
+                if len(node.input) > 2:
+                    conv.bias.data.copy_(weights[node.input[2]])
+                pad = nn.ZeroPad2d((pads[1], pads[3], pads[0], pads[2])) if not sym else nn.Identity()
+                return nn.Sequential(pad, conv)
+            if node.op_type == "Gemm":
+                w = weights[node.input[1]]
+                w = w if a.get("transB", 0) else w.T
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=len(node.input) > 2)
+                lin.weight.data.copy_(w)
+                if len(node.input) > 2:
+                    lin.bias.data.copy_(weights[node.input[2]])
+                return lin
+            if node.op_type == "BatchNormalization":
+                scale, bias, mean, var = (weights[n] for n in node.input[1:5])
+                bn = nn.BatchNorm2d(len(scale), eps=a.get("epsilon", 1e-5)).eval()
+                for name, value in zip(("weight", "bias", "running_mean", "running_var"), (scale, bias, mean, var)):
+                    getattr(bn, name).data.copy_(value)
+                return bn
+            return None
+
+        def forward(self, x):
+            env = {model.graph.input[0].name: x}
+            for op, inputs, output, index, a in self.plan:
+                args = [env[i] if i in env else self.consts.get(i) for i in inputs if i]
+                env[output] = self.layers[index](args[0]) if index is not None else _apply(op, args, a, F, torch)
+            return env[model.graph.output[0].name]
+
+    return Net().eval()
+
+
+def _apply(op: str, args: list, a: dict, F, torch):
+    x = args[0]
+    simple = {
+        "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf, "Identity": lambda t: t,
+        "Dropout": lambda t: t, "GlobalAveragePool": lambda t: t.mean((2, 3), keepdim=True),
+        "GlobalMaxPool": lambda t: t.amax((2, 3), keepdim=True),
+    }  # fmt: skip
+    if op in simple:
+        return simple[op](x)
+    if op in ("Mul", "Add"):
+        return x * args[1] if op == "Mul" else x + args[1]
+    if op == "LeakyRelu":
+        return F.leaky_relu(x, a.get("alpha", 0.01))
+    if op == "Elu":
+        return F.elu(x, a.get("alpha", 1.0))
+    if op == "Gelu":
+        return F.gelu(x, approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh") else "none")
+    if op == "Softmax":
+        return torch.softmax(x, a.get("axis", -1))
+    if op == "Flatten":
+        return torch.flatten(x, a.get("axis", 1))
+    if op == "Pad":
+        p = args[1].tolist()
+        return F.pad(x, (p[3], p[7], p[2], p[6]))
+    if op in ("MaxPool", "AveragePool"):
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        kernel, strides = tuple(a["kernel_shape"]), tuple(a.get("strides", [1, 1]))
+        value = float("-inf") if op == "MaxPool" else 0.0
+        x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]), value=value) if any(pads) else x
+        if op == "MaxPool":
+            return F.max_pool2d(x, kernel, strides)
+        if any(pads):  # count_include_pad=0: divide by the real pixels only
+            ones = F.pad(torch.ones_like(x[:1, :1]), (0, 0, 0, 0))
+            return F.avg_pool2d(x, kernel, strides) / F.avg_pool2d(ones, kernel, strides)
+        return F.avg_pool2d(x, kernel, strides)
+    raise NotImplementedError(f"bench: no torch mapping for ONNX op {op}")
+
+
+def torch_runners(model: onnx.ModelProto, chw, threads: int | None, device: str) -> dict:
+    """{'torch eager': fn, 'ort(torch export)': fn}, or {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads or (os.cpu_count() or 1))
+    dev = "cuda" if device == "cuda" else "cpu"
+    net = torch_module(model).to(dev)
+    out: dict = {}
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = net(torch.from_numpy(x).to(dev))
+            return y.cpu().numpy()
+
+    out["torch eager"] = eager
+    exported = _torch_export(net.cpu(), chw)
+    net.to(dev)
+    if exported is not None:
+        out["ort(torch export)"] = ort_runner(exported, device, threads)
+    return out
+
+
+def _torch_export(net, chw) -> bytes | None:
+    import torch
+
+    buf = io.BytesIO()
+    x = torch.zeros((2, *chw))
+    try:
+        torch.onnx.export(net, (x,), buf, input_names=["input"], output_names=["output"], opset_version=18,
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - report and go on without the peer column
+        print(f"  torch.onnx.export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return buf.getvalue()
+
+
+# ---- measuring ---------------------------------------------------------------------------------------------------
+
+
+def measure(runners: dict, x: np.ndarray, seconds: float, rounds: int = 3) -> dict:
+    """Per runner: latencies of single calls, interleaved over `rounds` so load changes hit all runners alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for fn in runners.values():
+        for _ in range(2):
+            fn(x)  # warm-up: allocations, kernel selection
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            deadline = time.perf_counter() + seconds / rounds
+            while time.perf_counter() < deadline or len(times[name]) < 3:
+                times[name].append(_time(lambda fn=fn: fn(x)))
+    return {name: _summary(t, len(x)) for name, t in times.items()}
+
+
+def _summary(times: list[float], batch: int) -> dict:
+    t = np.asarray(times)
+    return {
+        "images_per_s": batch * len(t) / t.sum(),
+        "p50_ms": float(np.percentile(t, 50) * 1e3),
+        "p99_ms": float(np.percentile(t, 99) * 1e3),
+        "calls": len(t),
+    }
+
+
+def bench_spec(path: Path, device: str, threads: int | None, seconds: float, peak: float) -> list[dict]:
+    spec = load_spec(path)
+    flops = check(spec).total_flops
+    model = compile_spec(spec, seed=0)
+    chw = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    runners = {"cnnspec": ort_runner(model_bytes(model), device, threads)}
+    runners.update(torch_runners(model, chw, threads, device))
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in BATCHES:
+        x = rng.integers(0, 256, (batch, *chw)).astype(np.float32)
+        _agree(runners, x[:8])
+        for name, stats in measure(runners, x, seconds).items():
+            gflops = stats["images_per_s"] * flops / 1e9
+            rows.append({"spec": spec.name, "device": device, "batch": batch, "runner": name, **stats,
+                         "gflop_per_s": gflops, "pct_peak": 100 * gflops / peak if device == "cpu" else None})  # fmt: skip
+    return rows
+
+
+def _agree(runners: dict, x: np.ndarray) -> None:
+    """The runners must compute the same function (else the comparison means nothing)."""
+    outs = {name: fn(x) for name, fn in runners.items()}
+    ref = outs["cnnspec"]
+    for name, y in outs.items():
+        diff = float(np.abs(y - ref).max())
+        if diff > 1e-3:
+            raise SystemExit(f"{name} disagrees with cnnspec by {diff:.2e}: the torch mapping is wrong")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'spec':<8} {'dev':<4} {'batch':>5} {'runner':<18} {'img/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'GFLOP/s':>8} {'%peak':>6}")
+    for r in rows:
+        pct = f"{r['pct_peak']:.0f}" if r["pct_peak"] is not None else "-"
+        print(f"{r['spec']:<8} {r['device']:<4} {r['batch']:>5} {r['runner']:<18} {r['images_per_s']:>10.0f} "
+              f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['gflop_per_s']:>8.1f} {pct:>6}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", type=Path, help="spec files (default: specs/*.yaml)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="measuring time per runner and batch size")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    specs = args.specs or sorted((ROOT / "specs").glob("*.yaml"))
+    devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in available_providers() else [])
+    devices = devices if args.device == "all" else [args.device]
+    peak = sgemm_peak()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; "
+          f"numpy sgemm 4096^3 peak {peak:.0f} GFLOP/s")  # fmt: skip
+    rows = [row for device in devices for path in specs for row in bench_spec(path, device, args.threads, args.seconds, peak)]
+    print_table(rows)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

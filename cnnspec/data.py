@@ -1,0 +1,234 @@
+"""Data sets for `evaluate` and `train`: image folders, .npz arrays and MNIST IDX files.
+
+Every loader returns raw pixels (the model preprocesses in-graph) as float32 [N, C, H, W] and int64 labels:
+  folder/          one subfolder per class (folder name = class name); images decoded by images.py and resized
+                   to the model's H x W (stretch, like Keras's image_dataset_from_directory)
+  data.npz         `x` (N,H,W) or (N,H,W,C) raw pixels, `y` (N,) class indices; loaded with allow_pickle=False,
+                   so object arrays are refused, never unpickled
+  *-images-idx3-ubyte[.gz]   MNIST IDX images; labels from the sibling *-labels-idx1-ubyte[.gz]
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, UsageError
+
+MAX_IDX_BYTES = 1 << 31
+MAX_LISTED = 10
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # float32 [N, C, H, W] raw pixel values
+    y: np.ndarray  # int64 [N]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_dataset(
+    path: str | Path,
+    input_shape_hwc: Sequence[int],
+    labels: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """Load PATH for a model taking `input_shape_hwc`; `labels` (the model's class names) map folder names to
+    indices, `num_classes` bounds y. Raises DataError with what is wrong and how to fix it."""
+    path = Path(path)
+    h, w, c = (int(v) for v in input_shape_hwc)
+    classes = num_classes if num_classes is not None else (len(labels) if labels is not None else None)
+    if not path.exists():
+        raise UsageError(f"data '{path}' does not exist")
+    if path.is_dir():
+        data = load_folder(path, (c, h, w), labels, classes, skip_bad_images)
+    elif path.suffix.lower() == ".npz":
+        data = load_npz(path, (c, h, w), labels)
+    elif "idx3-ubyte" in path.name:
+        data = load_idx(path, (c, h, w), labels)
+    else:
+        raise DataError(
+            f"data '{path}' is not a folder of class subfolders, an .npz file or an MNIST '*-images-idx3-ubyte' file"
+        )
+    return _checked(data, classes, str(path))
+
+
+def _checked(data: Dataset, classes: int | None, source: str) -> Dataset:
+    if len(data.x) != len(data.y):
+        raise DataError(f"'{source}': x has {len(data.x)} samples but y has {len(data.y)}; they must match")
+    if len(data.y) == 0:
+        raise DataError(f"'{source}': the data set has 0 samples")
+    if not np.isfinite(data.x).all():
+        bad = int(np.flatnonzero(~np.isfinite(data.x.reshape(len(data.x), -1)).all(axis=1))[0])
+        raise DataError(f"'{source}': x contains NaN or infinity (first at sample {bad})")
+    if classes is not None:
+        if data.y.min() < 0 or data.y.max() >= classes:
+            bad = int(data.y[(data.y < 0) | (data.y >= classes)][0])
+            raise DataError(
+                f"'{source}': label {bad} is out of range: the model has {classes} classes (0..{classes - 1})"
+            )
+        if len(data.class_names) > classes:
+            raise DataError(
+                f"'{source}': {len(data.class_names)} classes in the data but the model has {classes} outputs"
+            )
+    return data
+
+
+# ---- folders of class subfolders --------------------------------------------------------------------------------
+
+
+def load_folder(
+    root: Path, chw: tuple[int, int, int], labels: Sequence[str] | None, classes: int | None, skip_bad: bool
+) -> Dataset:
+    from .images import IMAGE_SUFFIXES, load_images
+
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"'{root}' has no class subfolders: put each class's images in its own folder")
+    index = _class_index(root, folders, labels, classes)
+    files: list[str] = []
+    targets: list[int] = []
+    for name in folders:
+        found = sorted(
+            os.path.join(dirpath, f)
+            for dirpath, _, names in os.walk(root / name)
+            for f in names
+            if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
+        )
+        if not found:
+            raise DataError(f"'{root}': class folder '{name}' has no images (allowed: .png, .jpg, .bmp, .gif, ...)")
+        files += found
+        targets += [index[name]] * len(found)
+    arrays = load_images(files, chw)
+    bad = [a for a in arrays if isinstance(a, Exception)]
+    if bad and not skip_bad:
+        listed = "\n  ".join(str(e) for e in bad[:MAX_LISTED])
+        raise DataError(f"'{root}': {len(bad)} image(s) cannot be used (skip them with --skip-bad-images):\n  {listed}")
+    keep = [i for i, a in enumerate(arrays) if not isinstance(a, Exception)]
+    x = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, *chw), np.float32)
+    names = list(labels) if labels is not None and set(folders) <= set(labels) else folders
+    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), names)
+
+
+def _class_index(root: Path, folders: list[str], labels: Sequence[str] | None, classes: int | None) -> dict[str, int]:
+    """Folder names that are all model labels map by name; otherwise sorted order (Keras's rule)."""
+    if labels is not None and set(folders) <= set(labels):
+        return {name: list(labels).index(name) for name in folders}
+    if labels is not None:
+        unknown = [f for f in folders if f not in labels][:MAX_LISTED]
+        raise DataError(f"'{root}': class folders {unknown} are not labels of the model (labels: {list(labels)[:20]})")
+    if classes is not None and len(folders) != classes:
+        raise DataError(
+            f"'{root}': {len(folders)} class folders {folders[:MAX_LISTED]} but the model has {classes} outputs"
+        )
+    return {name: i for i, name in enumerate(folders)}
+
+
+# ---- .npz -------------------------------------------------------------------------------------------------------
+
+
+def load_npz(path: Path, chw: tuple[int, int, int], labels: Sequence[str] | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(f"'{path}': missing array {missing[0]!r} (found: {archive.files}); save x= and y=")
+            x, y = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"'{path}': contains an object array; only numeric arrays are loaded (never unpickled)"
+            ) from None
+        raise DataError(f"'{path}': not a readable .npz ({exc})") from None
+    except (OSError, EOFError, KeyError) as exc:
+        raise DataError(f"'{path}': not a readable .npz ({exc})") from None
+    return Dataset(_pixels(x, chw, str(path)), _labels(y, str(path)), _names(labels, y))
+
+
+def _pixels(x: np.ndarray, chw: tuple[int, int, int], source: str) -> np.ndarray:
+    """(N,H,W) or (N,H,W,C) numeric -> float32 (N,C,H,W), with the model's H, W and C."""
+    c, h, w = chw
+    if x.dtype.kind not in "uif" and x.dtype != np.bool_:
+        raise DataError(f"'{source}': x must be numeric pixels; its dtype is {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"'{source}': x must be (N,H,W) or (N,H,W,C); its shape is {list(x.shape)}")
+    if x.shape[1:3] != (h, w):
+        raise DataError(
+            f"'{source}': images are {x.shape[1]}x{x.shape[2]} but the model takes {h}x{w}; resize them first"
+        )
+    if x.shape[3] != c:
+        raise DataError(f"'{source}': images have {x.shape[3]} channel(s) but the model takes {c}")
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _labels(y: np.ndarray, source: str) -> np.ndarray:
+    if y.ndim != 1:
+        raise DataError(f"'{source}': y must be (N,) class indices; its shape is {list(y.shape)}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise DataError(f"'{source}': y must hold whole class indices; found non-integer values")
+    elif y.dtype.kind not in "ui" and len(y):
+        raise DataError(f"'{source}': y must hold integer class indices; its dtype is {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _names(labels: Sequence[str] | None, y: np.ndarray) -> list[str]:
+    if labels is not None:
+        return list(labels)
+    top = int(y.max()) + 1 if len(y) and y.dtype.kind in "uif" and np.isfinite(y).all() else 0
+    return [str(i) for i in range(top)]
+
+
+# ---- MNIST IDX --------------------------------------------------------------------------------------------------
+
+
+def load_idx(path: Path, chw: tuple[int, int, int], labels: Sequence[str] | None) -> Dataset:
+    label_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+    if label_path == path or not label_path.exists():
+        raise DataError(f"'{path}': its labels file '{label_path.name}' is not next to it")
+    x = read_idx(path, expect_dims=3)
+    y = read_idx(label_path, expect_dims=1)
+    return Dataset(_pixels(x, chw, str(path)), y.astype(np.int64), _names(labels, y))
+
+
+def read_idx(path: Path, expect_dims: int) -> np.ndarray:
+    """IDX: 2 zero bytes, a type code (0x08 = uint8), the rank, big-endian uint32 dims, then the data."""
+    raw = _read_capped(path)
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != expect_dims:
+        raise DataError(f"'{path}': not an IDX file of uint8 with {expect_dims} dimension(s) (bad header)")
+    header = 4 + 4 * expect_dims
+    if len(raw) < header:
+        raise DataError(f"'{path}': IDX header is truncated")
+    dims = struct.unpack(f">{expect_dims}I", raw[4:header])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != count:
+        raise DataError(f"'{path}': IDX dims {list(dims)} need {count} bytes of data; found {len(raw) - header}")
+    return np.frombuffer(raw, np.uint8, count, header).reshape(dims)
+
+
+def _read_capped(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read(MAX_IDX_BYTES + 1)
+        else:
+            with path.open("rb") as f:
+                raw = f.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"'{path}': cannot be read ({exc})") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise DataError(f"'{path}': larger than {MAX_IDX_BYTES >> 30} GiB once decompressed")
+    return raw

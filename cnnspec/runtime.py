@@ -1,0 +1,385 @@
+"""Running models: the one place that makes onnxruntime sessions, picks devices, predicts and evaluates.
+
+A model file is untrusted until proven otherwise: it is read with a size cap, parsed from bytes, checked against
+cnnspec's operator allowlist (modelfile.check_runnable), then loaded once in a forked child process with an address
+space limit and a timeout (sandbox.probe_model), so a crash in native code becomes one error line. Only then does
+this process build its own session, from the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import CnnspecError, ModelError, UsageError
+from .modelfile import ModelInfo, check_runnable, parse_model, read_model_bytes
+
+Device = Literal["cpu", "cuda", "auto"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+MAX_LABELS_JSON = 1 << 20
+GPU_HINT = "install the GPU build: pip uninstall onnxruntime && pip install onnxruntime-gpu (CUDA 12/13 and cuDNN 9)"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass
+class Result:
+    """One input's outcome; `as_dict` is exactly one entry of `run --json`."""
+
+    path: str
+    predictions: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        preds = [{"label": p.label, "index": p.index, "score": p.score} for p in self.predictions]
+        return {"path": self.path, "predictions": preds, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """x * scale, then (x - mean) / std per channel, applied in numpy for models without it in-graph."""
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return ((x * np.float32(self.scale) - mean) / std).astype(np.float32, copy=False)
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes 'cuda' when onnxruntime has the CUDA provider, else 'cpu'; 'cuda' without it is an error."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise UsageError(f"--device must be cpu, cuda or auto; got {device!r}")
+    providers = available_providers() if device != "cpu" else [CPU]
+    if device == "auto":
+        return "cuda" if CUDA in providers else "cpu"
+    if device == "cuda" and CUDA not in providers:
+        raise ModelError(
+            f"CUDA requested but CUDAExecutionProvider is not available (available: {', '.join(providers)}); "
+            + GPU_HINT
+        )
+    return device
+
+
+def make_session(model: bytes, device: str = "cpu", threads: int | None = None) -> Any:
+    """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
+
+    ORT_ENABLE_ALL turns on the layout pass (NCHWc blocked Conv kernels on x86) and Conv+activation fusions.
+    NOTE: onnxruntime falls back to the CPU with only a log warning when CUDA cannot start, so the providers the
+    session really got are checked: `cuda` never silently runs on the CPU.
+    """
+    import onnxruntime as ort
+
+    device = resolve_device(device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0  # 0: one per physical core
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: warnings must not leak into `run --json` pipelines
+    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    try:
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise ModelError(
+            f"CUDA requested but the session could not start on CUDA (check the CUDA libraries); {GPU_HINT}"
+        )
+    return session
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+class Classifier:
+    """An image classifier from an .onnx file: cnnspec's own (labels and preprocessing from its metadata) or a
+    foreign one with one float32 [N,C,H,W] input, for which `labels` and `preprocess` come from the caller.
+
+    >>> clf = Classifier("model.onnx")                     # doctest: +SKIP
+    >>> clf.predict(["cat.png", "dog.jpg"], top_k=3)       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: Device = "cpu",
+        threads: int | None = None,
+        labels: Sequence[str] | None = None,
+        preprocess: Preprocess | None = None,
+        sandbox: bool = True,
+    ) -> None:
+        self.path = str(model_path)
+        data = read_model_bytes(model_path)
+        self.info: ModelInfo = check_runnable(parse_model(data, self.path), self.path)
+        self.is_cnnspec = "cnnspec.spec" in self.info.metadata
+        if preprocess is not None and self.is_cnnspec:
+            raise UsageError(
+                "--scale/--mean/--std are for models made elsewhere; this cnnspec model preprocesses inside the graph "
+                f"({self.info.metadata.get('cnnspec.preprocess', '?')})"
+            )
+        self.preprocess = preprocess
+        self.warnings: list[str] = []
+        self.device = resolve_device(device)
+        if sandbox:
+            from .sandbox import probe_model
+
+            probe_model(data, self.info, self.path)
+        self.session = make_session(data, self.device, threads)
+        self.classes = self.info.classes or self._probe_classes()
+        self.labels = self._labels(labels)
+        self._input_name, self._output_name = self.info.input_name, self.info.output_name
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return self.info.chw
+
+    def _probe_classes(self) -> int:
+        return int(self._run(np.zeros((1, *self.chw), np.float32)).shape[1])
+
+    def _labels(self, given: Sequence[str] | None) -> list[str]:
+        if given is not None:
+            if len(given) != self.classes:
+                raise UsageError(f"--labels gives {len(given)} labels but the model has {self.classes} outputs")
+            return [str(x) for x in given]
+        raw = self.info.metadata.get("cnnspec.labels")
+        if raw is None:
+            return [str(i) for i in range(self.classes)]
+        labels = _parse_labels(raw)
+        if labels is None or len(labels) != self.classes:
+            count = "malformed" if labels is None else f"{len(labels)} labels"
+            self.warnings.append(
+                f"model metadata cnnspec.labels is {count} for {self.classes} outputs; showing class indices instead"
+            )
+            return [str(i) for i in range(self.classes)]
+        return labels
+
+    # ---- running ----------------------------------------------------------------------------------------------
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.preprocess is not None:
+            x = self.preprocess.apply(x)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.device == "cuda":
+            return self._run_cuda(x)
+        return self.session.run([self.info.output_name], {self.info.input_name: x})[0]
+
+    def _run_cuda(self, x: np.ndarray) -> np.ndarray:
+        """IOBinding: the batch is copied to the GPU once and the output stays there until one copy back."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.info.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(self.info.output_name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities [N, classes] for raw pixels [N, C, H, W]; logits get a softmax (documented)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.chw:
+            raise UsageError(f"input must be [N, {', '.join(map(str, self.chw))}]; got {list(x.shape)}")
+        outs = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        out = np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
+        return out if self.info.ends_in_softmax else softmax(out)
+
+    def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch") -> list[Result]:
+        """Top-k predictions for image paths, PIL images or raw-pixel arrays ([C,H,W] or [N,C,H,W]).
+
+        Bad files get a Result with `error` set; the rest are still classified. `top_k` above the class count
+        gives every class.
+        """
+        if top_k < 1:
+            raise UsageError(f"top_k must be >= 1; got {top_k}")
+        items = _as_items(inputs)
+        results: list[Result] = []
+        chunk = max(batch_size, 1) * 4  # decode a few batches ahead, never the whole folder at once
+        for start in range(0, len(items), chunk):
+            results.extend(self._predict_chunk(items[start : start + chunk], top_k, batch_size, resize))
+        return results
+
+    def _predict_chunk(self, items: list[Any], top_k: int, batch_size: int, resize: str) -> list[Result]:
+        arrays = _to_arrays(items, self.chw, resize)
+        results = [Result(path=name) for name, _ in arrays]
+        good = [i for i, (_, a) in enumerate(arrays) if not isinstance(a, CnnspecError)]
+        for i, (_, a) in enumerate(arrays):
+            if isinstance(a, CnnspecError):
+                results[i].error = str(a)
+        if good:
+            probs = self.scores(np.stack([arrays[i][1] for i in good]), batch_size)
+            for i, row in zip(good, probs, strict=True):
+                results[i].predictions = self._top(row, top_k)
+        return results
+
+    def _top(self, row: np.ndarray, k: int) -> list[Prediction]:
+        order = np.argsort(-row, kind="stable")[: min(k, len(row))]
+        return [Prediction(self.labels[i], int(i), float(row[i])) for i in order]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _parse_labels(raw: str) -> list[str] | None:
+    if len(raw) > MAX_LABELS_JSON:
+        return None
+    try:
+        labels = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return None
+    return labels
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """`--labels FILE`: one label per line (UTF-8); trailing blank lines ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"labels file '{p}' does not exist or is not a file")
+    if p.stat().st_size > MAX_LABELS_JSON:
+        raise UsageError(f"labels file '{p}' is larger than 1 MiB")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"labels file '{p}' is not UTF-8 text") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise UsageError(f"labels file '{p}' is empty: write one label per line")
+    return [line.strip() for line in lines]
+
+
+def preprocess_from_options(scale: float | None, mean: str | None, std: str | None) -> Preprocess | None:
+    """`--scale 0.0039 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225` -> Preprocess (None when none given)."""
+    if scale is None and mean is None and std is None:
+        return None
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise UsageError(f"Invalid value for '--scale': must be a finite number > 0; got {scale}")
+    mean_v = _floats("--mean", mean, 0.0)
+    std_v = _floats("--std", std, 1.0)
+    if any(s <= 0 for s in std_v):
+        raise UsageError(f"Invalid value for '--std': every value must be > 0; got {std}")
+    return Preprocess(1.0 if scale is None else float(scale), mean_v, std_v)
+
+
+def _floats(option: str, text: str | None, default: float) -> tuple[float, ...]:
+    if text is None:
+        return (default,)
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"Invalid value for '{option}': give numbers separated by commas; got {text!r}") from None
+    if not all(np.isfinite(values)):
+        raise UsageError(f"Invalid value for '{option}': values must be finite; got {text!r}")
+    return values
+
+
+def _as_items(inputs: Any) -> list[Any]:
+    if isinstance(inputs, np.ndarray):
+        return list(inputs[None] if inputs.ndim == 3 else inputs)
+    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "getpixel"):
+        return [inputs]
+    return list(inputs)
+
+
+def _to_arrays(items: list[Any], chw: tuple[int, int, int], resize: str) -> list[tuple[str, Any]]:
+    """(name, CHW array or ImageError) for each item; paths are decoded in parallel."""
+    from .images import ImageError, image_to_array, load_images
+
+    paths = [i for i, it in enumerate(items) if isinstance(it, (str, os.PathLike))]
+    decoded = dict(zip(paths, load_images([items[i] for i in paths], chw, resize), strict=True))
+    out: list[tuple[str, Any]] = []
+    for i, item in enumerate(items):
+        if i in decoded:
+            out.append((os.fsdecode(item), decoded[i]))
+        elif isinstance(item, np.ndarray):
+            ok = tuple(item.shape) == chw
+            out.append(
+                (f"array[{i}]", item if ok else ImageError(f"array[{i}] has shape {list(item.shape)}, not {list(chw)}"))
+            )
+        else:
+            out.append((f"image[{i}]", image_to_array(item, chw[0], chw[1:], resize, f"image[{i}]")))
+    return out
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    n: int
+    labels: list[str]
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "n": self.n,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+            "labels": self.labels,
+        }
+
+
+EPSILON = 1e-7  # Keras's backend epsilon: probabilities are clipped to [eps, 1 - eps] before the log
+
+
+def evaluate(classifier: Classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Evaluation:
+    """Accuracy, mean categorical cross-entropy, per-class accuracy and the confusion matrix (rows: true class)."""
+    k = classifier.classes
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise CnnspecError(f"labels must be in 0..{k - 1} for this model's {k} classes; found {int(y.max())}")
+    probs = classifier.scores(x, batch_size)
+    pred = probs.argmax(axis=1)
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], EPSILON, 1 - EPSILON)).mean())
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per_class = [
+        {
+            "label": classifier.labels[c],
+            "n": int(confusion[c].sum()),
+            "accuracy": _ratio(confusion[c, c], confusion[c].sum()),
+        }
+        for c in range(k)
+    ]
+    return Evaluation(
+        accuracy=float((pred == y).mean()),
+        loss=loss,
+        n=int(len(y)),
+        labels=classifier.labels,
+        per_class=per_class,
+        confusion=confusion.tolist(),
+    )
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return float(a / b) if b else None

@@ -1,0 +1,97 @@
+"""Load an untrusted model once in a forked child with memory and time limits before trusting it in-process.
+
+ONNX and PyTorch both leave sandboxing untrusted models to the caller. The pre-checks in modelfile.py refuse
+everything outside cnnspec's operator allowlist, but onnxruntime is native code: if loading the model (or running
+it once on a zero batch) kills the process with a signal, exhausts memory or hangs, it does so in the child here,
+and the user gets one line: "the inference worker crashed (signal 11) while loading the model".
+
+Cost: one fork plus one single-threaded session (about the time of loading the model once more).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from .errors import ModelError
+from .modelfile import ModelInfo
+
+TIMEOUT_S = 60.0
+MIN_ADDRESS_SPACE = 4 << 30  # on top of what the process already maps (Python, numpy, onnxruntime)
+TEST_HOOK = "CNNSPEC_TEST_HOOK"  # "crash_inference_worker": the child kills itself with SIGSEGV (tests only)
+
+
+def probe_model(data: bytes, info: ModelInfo, source: str, timeout_s: float = TIMEOUT_S) -> None:
+    """Raise ModelError when the model crashes, hangs or fails to load in a child process; return otherwise."""
+    if not hasattr(os, "fork") or os.environ.get("CNNSPEC_NO_SANDBOX") == "1":
+        return
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _child(data, info, write_fd)
+    os.close(write_fd)
+    try:
+        message = _read_until_exit(read_fd, timeout_s)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise ModelError(f"'{source}': loading the model took longer than {timeout_s:.0f} s; refused") from None
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        raise ModelError(
+            f"'{source}': the inference worker crashed (signal {sig}, {signal.Signals(sig).name}) while loading "
+            "the model; it is damaged or hostile"
+        )
+    if os.WEXITSTATUS(status) != 0:
+        raise ModelError(f"'{source}': {message or 'the inference worker failed while loading the model'}")
+
+
+def _read_until_exit(fd: int, timeout_s: float) -> str:
+    """Everything the child writes; EOF means it exited (the pipe's only writer closed)."""
+    deadline, chunks = time.monotonic() + timeout_s, []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks).decode("utf-8", "replace").strip()
+            chunks.append(chunk)
+
+
+def _child(data: bytes, info: ModelInfo, write_fd: int) -> None:
+    code = 0
+    try:
+        _limit_memory(len(data))
+        if os.environ.get(TEST_HOOK) == "crash_inference_worker":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        import numpy as np
+
+        from .runtime import make_session
+
+        session = make_session(data, "cpu", threads=1)
+        session.run([info.output_name], {info.input_name: np.zeros((1, *info.chw), np.float32)})
+    except MemoryError:
+        os.write(write_fd, b"loading the model needs more memory than the limit; refused")
+        code = 3
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        os.write(write_fd, str(exc).encode("utf-8", "replace")[:4000])
+        code = 3
+    os._exit(code)  # no atexit handlers, no flushing of the parent's copied stdio buffers
+
+
+def _limit_memory(model_bytes: int) -> None:
+    import resource
+
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + max(MIN_ADDRESS_SPACE, 8 * model_bytes)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
