@@ -1,0 +1,222 @@
+"""Shape arithmetic against Keras's formulas, written out here independently of cnnspec.shapes.
+
+Keras (keras/src/ops/operation_utils.py, compute_conv_output_shape / compute_pooling_output_shape):
+    valid:  out = floor((in - (k-1)*d - 1) / s) + 1
+    same:   out = ceil(in / s); total pad = max((out-1)*s + (k-1)*d + 1 - in, 0), the odd pixel at the
+            bottom/right (TensorFlow's rule, which Keras follows)
+    explicit p (PyTorch's meaning, on both sides): out = floor((in + 2p - (k-1)*d - 1) / s) + 1
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnspec.analysis import analyze
+from cnnspec.layers import AveragePooling2D, Conv2D, MaxPooling2D, ShapeError, ZeroPadding2D
+from cnnspec.shapes import Window, effective_kernel, hwc_to_chw, numel, window, window_formula
+from cnnspec.spec import spec_from_data
+
+
+def keras_out(size: int, k: int, s: int, d: int, padding) -> int:
+    extent = (k - 1) * d + 1
+    if padding == "valid":
+        return (size - extent) // s + 1
+    if padding == "same":
+        return -(-size // s)  # ceil without floats
+    return (size + 2 * padding - extent) // s + 1
+
+
+def keras_same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+# ---- worked tables (computed by hand; the comment shows the arithmetic) ------------------------------
+
+VALID = [  # (in, k, s, d, out)
+    (28, 5, 1, 1, 24),  # 28-5+1
+    (28, 3, 2, 1, 13),  # floor(25/2)+1
+    (14, 5, 1, 1, 10),
+    (6, 5, 1, 1, 2),
+    (5, 2, 2, 1, 2),  # floor(3/2)+1: the last row is dropped
+    (7, 3, 2, 2, 2),  # extent 5: floor(2/2)+1
+    (9, 3, 1, 4, 1),  # extent 9 fills the input exactly
+    (4, 7, 1, 1, -2),  # the 7x7-on-4x4 case: floor(-3/1)+1
+    (8, 9, 1, 1, 0),
+]
+
+SAME = [  # (in, k, s, d, out, pad_before, pad_after)
+    (28, 5, 1, 1, 28, 2, 2),
+    (5, 2, 2, 1, 3, 0, 1),  # total 2*2+2-5 = 1: the odd pixel goes to the bottom/right
+    (28, 2, 2, 1, 14, 0, 0),  # 13*2+2-28 = 0
+    (32, 3, 2, 1, 16, 0, 1),  # 15*2+3-32 = 1
+    (8, 4, 1, 1, 8, 1, 2),  # 7+4-8 = 3 -> 1 before, 2 after
+    (7, 3, 1, 2, 7, 2, 2),  # dilation: extent 5, 6+5-7 = 4
+    (7, 3, 2, 3, 4, 3, 3),  # stride and dilation: extent 7, 3*2+7-7 = 6
+    (10, 3, 3, 2, 4, 2, 2),  # extent 5, 3*3+5-10 = 4
+    (1, 5, 1, 1, 1, 2, 2),  # a 5x5 kernel on a single pixel: 'same' never fails
+    (3, 1, 2, 1, 2, 0, 0),  # 1*2+1-3 = 0
+]
+
+EXPLICIT = [  # (in, k, s, d, p, out)
+    (28, 3, 1, 1, 1, 28),
+    (28, 5, 2, 1, 2, 14),  # floor((28+4-5)/2)+1
+    (9, 3, 2, 2, 1, 4),  # floor((9+2-5)/2)+1
+    (4, 7, 1, 1, 1, 0),  # floor((4+2-7)/1)+1
+    (1, 3, 1, 1, 0, -1),
+]
+
+
+@pytest.mark.parametrize(("size", "k", "s", "d", "out"), VALID)
+def test_valid_table(size: int, k: int, s: int, d: int, out: int) -> None:
+    assert keras_out(size, k, s, d, "valid") == out  # the table agrees with the formula...
+    assert window(size, k, s, d, "valid") == Window(out, 0, 0)  # ...and cnnspec with both
+
+
+@pytest.mark.parametrize(("size", "k", "s", "d", "out", "before", "after"), SAME)
+def test_same_table_odd_pad_at_bottom_right(size: int, k: int, s: int, d: int, out: int, before: int, after: int):
+    assert (keras_out(size, k, s, d, "same"), *keras_same_pads(size, k, s, d)) == (out, before, after)
+    win = window(size, k, s, d, "same")
+    assert (win.out, win.pad_before, win.pad_after) == (out, before, after)
+
+
+@pytest.mark.parametrize(("size", "k", "s", "d", "p", "out"), EXPLICIT)
+def test_explicit_padding_table(size: int, k: int, s: int, d: int, p: int, out: int) -> None:
+    assert keras_out(size, k, s, d, p) == out
+    assert window(size, k, s, d, p) == Window(out, p, p)
+
+
+def test_effective_kernel() -> None:
+    assert [effective_kernel(3, d) for d in (1, 2, 3)] == [3, 5, 7]
+
+
+def test_window_formula_writes_the_received_values() -> None:
+    assert window_formula(4, 7, 1, 1, "valid") == "out = floor((4-7)/1)+1 = -2"
+    assert window_formula(8, 3, 1, 4, "valid") == "out = floor((8-((3-1)*4+1))/1)+1 = 0"
+    assert window_formula(4, 7, 1, 1, 1) == "out = floor((4+2*1-7)/1)+1 = 0"
+    assert window_formula(5, 2, 2, 1, "same") == "out = ceil(5/2) = 3"
+
+
+def test_layout_helpers() -> None:
+    assert hwc_to_chw((28, 27, 3)) == (3, 28, 27)
+    assert hwc_to_chw((10,)) == (10,)
+    assert numel((2, 3, 4)) == 24
+
+
+# ---- the layers apply the arithmetic per axis --------------------------------------------------------
+
+
+def conv(**kw) -> Conv2D:
+    return Conv2D(type="Conv2D", filters=kw.pop("filters", 8), **kw)
+
+
+LAYER_CASES = [  # (layer, input HWC, output HWC, padding applied 't,b,l,r')
+    (conv(kernel_size=5, padding="same"), (28, 28, 1), (28, 28, 8), "2,2,2,2"),
+    (conv(kernel_size=[3, 5], strides=[1, 2]), (10, 11, 3), (8, 4, 8), ""),  # h: 10-3+1, w: floor(6/2)+1
+    (conv(kernel_size=2, strides=2, padding="same"), (5, 7, 1), (3, 4, 8), "0,1,0,1"),  # w: 3*2+2-7 = 1
+    (conv(kernel_size=3, padding=[1, 0]), (6, 6, 1), (6, 4, 8), "1,1,0,0"),  # [ph, pw]
+    (conv(kernel_size=3, padding=2, dilation_rate=2), (6, 6, 1), (6, 6, 8), "2,2,2,2"),
+    (conv(kernel_size=3, strides=2, dilation_rate=2), (9, 9, 4), (3, 3, 8), ""),  # floor((9-5)/2)+1
+    (conv(kernel_size=3, padding="same", strides=2, dilation_rate=2), (9, 9, 4), (5, 5, 8), "2,2,2,2"),
+    (MaxPooling2D(type="MaxPooling2D"), (7, 7, 3), (3, 3, 3), ""),  # strides default to pool_size
+    (MaxPooling2D(type="MaxPooling2D", pool_size=3, strides=1), (7, 7, 3), (5, 5, 3), ""),
+    (AveragePooling2D(type="AveragePooling2D", padding="same"), (5, 5, 2), (3, 3, 2), "0,1,0,1"),
+    (ZeroPadding2D(type="ZeroPadding2D", padding=[[1, 2], [0, 3]]), (4, 4, 1), (7, 7, 1), "1,2,0,3"),
+    (ZeroPadding2D(type="ZeroPadding2D"), (4, 4, 1), (6, 6, 1), "1,1,1,1"),  # Keras's default (1, 1)
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "out", "pads"), LAYER_CASES)
+def test_layer_output_shape_and_padding(layer, shape, out, pads) -> None:
+    assert layer.output_shape(shape) == out
+    assert layer.padding_applied(shape) == pads
+
+
+def test_the_failing_axis_is_named() -> None:
+    with pytest.raises(ShapeError) as info:
+        conv(kernel_size=[1, 5]).output_shape((8, 4, 1))
+    assert info.value.field == "kernel_size"
+    assert "output width would be out = floor((4-5)/1)+1 = 0" in info.value.message
+
+
+# ---- properties: cnnspec.shapes.window == the formulas above, for any arguments --------------------
+
+sizes, kernels, strides, dilations = st.integers(1, 300), st.integers(1, 15), st.integers(1, 6), st.integers(1, 5)
+paddings = st.one_of(st.sampled_from(["valid", "same"]), st.integers(0, 10))
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(sizes, kernels, strides, dilations, paddings)
+def test_window_matches_keras_formulas(size: int, k: int, s: int, d: int, padding) -> None:
+    win = window(size, k, s, d, padding)
+    assert win.out == keras_out(size, k, s, d, padding)
+    if padding == "same":
+        assert (win.pad_before, win.pad_after) == keras_same_pads(size, k, s, d)
+    elif padding == "valid":
+        assert (win.pad_before, win.pad_after) == (0, 0)
+    else:
+        assert (win.pad_before, win.pad_after) == (padding, padding)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(sizes, kernels, strides, dilations)
+def test_same_padding_is_minimal_and_gives_ceil(size: int, k: int, s: int, d: int) -> None:
+    win = window(size, k, s, d, "same")
+    extent = (k - 1) * d + 1
+    padded = size + win.pad_before + win.pad_after
+    assert (padded - extent) // s + 1 == win.out == -(-size // s)  # the pads reproduce the output size
+    assert 0 <= win.pad_after - win.pad_before <= 1  # the odd pixel is after
+    if win.pad_before + win.pad_after > 0:  # one pixel less padding would lose an output
+        assert (padded - 1 - extent) // s + 1 < win.out
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(sizes, kernels, strides, dilations)
+def test_valid_output_windows_stay_inside_the_input(size: int, k: int, s: int, d: int) -> None:
+    out = window(size, k, s, d, "valid").out
+    extent = (k - 1) * d + 1
+    if out >= 1:  # the last window ends inside; one more would not
+        assert (out - 1) * s + extent <= size < out * s + extent
+    else:
+        assert extent > size
+
+
+# ---- receptive field: rf += (k-1)*d*jump, jump *= s ------------------------------------------------
+
+
+def rf_of(shape: list[int], layers: list[dict]) -> list[tuple[int, int]]:
+    spec = spec_from_data({"name": "rf", "input": {"shape": shape}, "layers": [*layers, {"type": "Flatten"}]})
+    return [r.receptive_field for r in analyze(spec).layers[:-1]]
+
+
+def c(k, **kw) -> dict:
+    return {"type": "Conv2D", "filters": 2, "kernel_size": k, **kw}
+
+
+RF_CASES = [
+    ([c(3), c(3)], [3, 5]),  # two 3x3 convs see 5x5 (VGG's argument)
+    ([c(3), c(3), c(3)], [3, 5, 7]),
+    ([c(3, dilation_rate=2), c(3)], [5, 7]),  # dilation 2 widens 3 to 5
+    ([c(3, strides=2), c(3)], [3, 7]),  # after a stride of 2 each step covers 2 pixels: 3 + 2*2
+    ([c(3, strides=2, dilation_rate=2), c(3)], [5, 9]),  # 1 + 2*2 = 5; jump 2: 5 + 2*2 = 9
+    ([{"type": "MaxPooling2D"}, c(3)], [2, 6]),  # 2; jump 2: 2 + 2*2
+    ([c([1, 3])], [(1, 3)]),
+    ([c(5, padding="same"), {"type": "ZeroPadding2D"}, c(5)], [5, 5, 9]),  # padding keeps the field
+]
+
+
+@pytest.mark.parametrize(("layers", "expected"), RF_CASES)
+def test_receptive_field_worked_cases(layers: list[dict], expected: list) -> None:
+    expected = [e if isinstance(e, tuple) else (e, e) for e in expected]
+    assert rf_of([32, 32, 1], layers) == expected
+
+
+def test_receptive_field_of_the_seed_network(specs_dir) -> None:
+    from cnnspec.spec import load_spec
+
+    rfs = [r.receptive_field[0] for r in analyze(load_spec(specs_dir / "seed.yaml")).layers]
+    # conv5: 5; pool2: 5+1 = 6, jump 2; conv5: 6+4*2 = 14; 22; 30; pool2: 30+1*2 = 32, jump 4; then flat.
+    assert rfs == [5, 6, 14, 22, 30, 32, 32, 32, 32, 32]
