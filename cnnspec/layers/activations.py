@@ -42,3 +42,44 @@ def lower_activation(g: GraphBuilder, x: str, activation: str | None, scope: str
         half_x = g.op("Mul", [x, g.constant(scope, 0.5)], scope)
         return g.op("Mul", [half_x, g.op("Add", [erf, g.constant(scope, 1.0)], scope)], scope)
     raise ValueError(f"unknown activation {activation!r}")
+
+
+def backward_activation(g: GraphBuilder, dy: str, activation: str | None, z: str, y: str, scope: str) -> str:
+    """dL/dz from dL/dy for y = f(z), elementwise (softmax: over axis 1).
+
+    relu:       f' = [z > 0]                     leaky_relu: f' = 1 if z > 0 else slope
+    tanh:       f' = 1 - y²                      sigmoid:    f' = y (1 - y)
+    elu:        f' = 1 if z > 0 else y + alpha   (y = alpha (e^z - 1) there)
+    silu:       f' = s (1 + z (1 - s)),  s = sigmoid(z)
+    gelu:       f' = Φ(z) + z φ(z),  Φ(z) = (1 + erf(z/√2)) / 2,  φ(z) = e^(-z²/2) / √(2π)
+    softmax:    dz = y ⊙ (dy - Σ_j dy_j y_j)     (the Jacobian diag(y) - y yᵀ applied to dy)
+    """
+    if activation in (None, "linear"):
+        return dy
+    if activation in ("relu", "leaky_relu", "elu"):
+        positive = g.op("Greater", [z, g.constant(scope, 0.0)], scope)
+        if activation == "relu":
+            return g.op("Where", [positive, dy, g.constant(scope, 0.0)], scope)
+        if activation == "leaky_relu":
+            return g.op("Where", [positive, dy, g.op("Mul", [dy, g.constant(scope, LEAKY_RELU_SLOPE)], scope)], scope)
+        slope = g.op("Add", [y, g.constant(scope, ELU_ALPHA)], scope)
+        return g.op("Where", [positive, dy, g.op("Mul", [dy, slope], scope)], scope)
+    one = g.constant(scope, 1.0)
+    if activation == "tanh":
+        return g.op("Mul", [dy, g.op("Sub", [one, g.op("Mul", [y, y], scope)], scope)], scope)
+    if activation == "sigmoid":
+        return g.op("Mul", [dy, g.op("Mul", [y, g.op("Sub", [one, y], scope)], scope)], scope)
+    if activation == "softmax":
+        dot = g.op("ReduceSum", [g.op("Mul", [dy, y], scope), g.constant(scope, [1], "int64")], scope, keepdims=1)
+        return g.op("Mul", [y, g.op("Sub", [dy, dot], scope)], scope)
+    if activation == "silu":
+        s = g.op("Sigmoid", [z], scope)
+        inner = g.op("Add", [one, g.op("Mul", [z, g.op("Sub", [one, s], scope)], scope)], scope)
+        return g.op("Mul", [dy, g.op("Mul", [s, inner], scope)], scope)
+    if activation == "gelu":
+        erf = g.op("Erf", [g.op("Mul", [z, g.constant(scope, 1 / math.sqrt(2))], scope)], scope)
+        cdf = g.op("Mul", [g.op("Add", [erf, one], scope), g.constant(scope, 0.5)], scope)
+        z2 = g.op("Mul", [g.op("Mul", [z, z], scope), g.constant(scope, -0.5)], scope)
+        pdf = g.op("Mul", [g.op("Exp", [z2], scope), g.constant(scope, 1 / math.sqrt(2 * math.pi))], scope)
+        return g.op("Mul", [dy, g.op("Add", [cdf, g.op("Mul", [z, pdf], scope)], scope)], scope)
+    raise ValueError(f"no derivative for activation {activation!r}")

@@ -117,6 +117,67 @@ class Conv2D(Layer):
         ctx.saved.update(x=x, z=z, y=y)
         return y
 
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """Gradients of z = conv(x, W) + b (stride s, dilation d, groups, pads p) from dL/dy.
+
+        With x_p the zero-padded input and z[n,m,i,j] = Σ_{c,u,v} W[m,c,u,v] x_p[n,c, s·i + d·u, s·j + d·v] + b[m]:
+          dL/db[m]       = Σ_{n,i,j} dz[n,m,i,j]
+          dL/dW[m,c,u,v] = Σ_{n,i,j} dz[n,m,i,j] x_p[n,c, s·i + d·u, s·j + d·v]
+                         = a convolution of x (batch and channels swapped) by dz as the kernel,
+                           with stride d and dilation s (the roles swap, as in JAX's _conv_general_vjp_rhs)
+          dL/dx          = the transposed convolution of dz by W (same s, d, groups, pads), plus
+                           output_padding = the pixels after the last window, (H + pads - extent) mod s.
+        """
+        from .gradients import activation_grad, output_padding, reduce_sum
+
+        dz = activation_grad(g, dy, self.activation, ctx)
+        grads = {"weight": self._weight_grad(g, dz, ctx)}
+        if self.use_bias:
+            grads["bias"] = reduce_sum(g, dz, [0, 2, 3], ctx.name)
+        if ctx.saved.get("no_dx"):
+            return None, grads
+        pads = self.pads(ctx.in_shape)
+        dx = g.op(
+            "ConvTranspose",
+            [dz, ctx.params["weight"]],
+            ctx.name,
+            kernel_shape=list(self.kernel_size),
+            strides=list(self.strides),
+            dilations=list(self.dilation_rate),
+            group=self.groups,
+            pads=pads,
+            output_padding=output_padding(ctx.in_shape, pads, self.kernel_size, self.strides, self.dilation_rate),
+        )
+        return dx, grads
+
+    def _weight_grad(self, g: GraphBuilder, dz: str, ctx: Lowering) -> str:
+        # Batch as channels: x -> [C/g, g·N, H, W] (for group k the channels k·N..k·N+N-1 are its
+        # images), dz -> [M, N, Ho, Wo] as the kernel; a grouped Conv gives [C/g, M, kh', kw'].
+        from .gradients import ints, leftover
+
+        h, w, c = ctx.in_shape
+        scope, g_ = ctx.name, self.groups
+        x = ctx.saved["x"]
+        if g_ == 1:
+            xt = g.op("Transpose", [x], scope, perm=[1, 0, 2, 3])
+        else:
+            split = g.op("Reshape", [x, ints(g, scope, [0, g_, c // g_, h, w])], scope)
+            xt = g.op("Transpose", [split], scope, perm=[2, 1, 0, 3, 4])
+            xt = g.op("Reshape", [xt, ints(g, scope, [c // g_, -1, h, w])], scope)
+        dzt = g.op("Transpose", [dz], scope, perm=[1, 0, 2, 3])
+        top, left, bottom, right = self.pads(ctx.in_shape)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        # Pixels after the last window are never read; trimming them from the end padding (when it
+        # has enough) makes the kernel-sized result exact, else a Slice trims it.
+        rh, rw = leftover(h, top, bottom, kh, sh, dh), leftover(w, left, right, kw, sw, dw)
+        bottom2, right2 = max(bottom - rh, 0), max(right - rw, 0)
+        dw_ = g.op(
+            "Conv", [xt, dzt], scope, strides=[dh, dw], dilations=[sh, sw], group=g_, pads=[top, left, bottom2, right2]
+        )
+        if bottom2 != bottom - rh or right2 != right - rw:
+            dw_ = g.op("Slice", [dw_, ints(g, scope, [0, 0]), ints(g, scope, [kh, kw]), ints(g, scope, [2, 3])], scope)
+        return g.op("Transpose", [dw_], scope, perm=[1, 0, 2, 3])
+
 
 def _zero_padding_check(value: Any) -> Any:
     """p | [ph, pw] | [[top, bottom], [left, right]] -> ((top, bottom), (left, right))."""
@@ -163,3 +224,12 @@ class ZeroPadding2D(Layer):
         (top, bottom), (left, right) = self.padding
         pads = g.constant(ctx.name, np.array([0, 0, top, left, 0, 0, bottom, right]), dtype=np.int64)
         return g.op("Pad", [x, pads], ctx.name, mode="constant")
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """y = pad(x): dL/dx is dL/dy without the padded border (a Slice)."""
+        from .gradients import ints
+
+        (top, _), (left, _) = self.padding
+        h, w, _ = ctx.in_shape
+        starts, ends = ints(g, ctx.name, [top, left]), ints(g, ctx.name, [top + h, left + w])
+        return g.op("Slice", [dy, starts, ends, ints(g, ctx.name, [2, 3])], ctx.name), {}

@@ -67,6 +67,17 @@ class Dense(Layer):
         ctx.saved.update(x=x, z=z, y=y)
         return y
 
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """z = x Wᵀ + b with W [out, in]:  dW = dzᵀ x,  db = Σ_n dz,  dx = dz W."""
+        from .gradients import activation_grad, reduce_sum
+
+        dz = activation_grad(g, dy, self.activation, ctx)
+        grads = {"weight": g.op("Gemm", [dz, ctx.saved["x"]], ctx.name, transA=1)}
+        if self.use_bias:
+            grads["bias"] = reduce_sum(g, dz, [0], ctx.name)
+        dx = None if ctx.saved.get("no_dx") else g.op("MatMul", [dz, ctx.params["weight"]], ctx.name)
+        return dx, grads
+
 
 class Flatten(Layer):
     """(H, W, C) -> (H*W*C,) in NCHW (channel-major) order.
@@ -86,6 +97,15 @@ class Flatten(Layer):
             return x
         return g.op("Flatten", [x], ctx.name, axis=1)
 
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """A reshape: dx is dy in the input's NCHW shape."""
+        from ..shapes import hwc_to_chw
+        from .gradients import ints
+
+        if len(ctx.in_shape) == 1:
+            return dy, {}
+        return g.op("Reshape", [dy, ints(g, ctx.name, [-1, *hwc_to_chw(ctx.in_shape)])], ctx.name), {}
+
 
 class Dropout(Layer):
     """Zeroes a fraction `rate` of values in training (scaling the rest by 1/(1-rate)); absent at inference."""
@@ -98,7 +118,18 @@ class Dropout(Layer):
         return shape
 
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
-        return x
+        if not ctx.training:
+            return x
+        # The mask is a graph input (`<name>.mask`: 0 or 1/(1-rate) per value), drawn by the training
+        # loop from a generator keyed on (seed, epoch, step): reproducible and resumable, unlike
+        # RandomUniform's fixed seed attribute.
+        mask = f"{ctx.name}.mask"
+        ctx.saved.update(x=x, mask=mask)
+        return g.op("Mul", [x, mask], ctx.name)
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """y = x ⊙ mask:  dx = dy ⊙ mask."""
+        return g.op("Mul", [dy, ctx.saved["mask"]], ctx.name), {}
 
 
 class Activation(Layer):
@@ -116,3 +147,9 @@ class Activation(Layer):
         y = lower_activation(g, x, self.activation, ctx.name)
         ctx.saved.update(x=x, z=x, y=y)
         return y
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """y = f(x): dx = f'(x) ⊙ dy (softmax: its Jacobian-vector product)."""
+        from .gradients import activation_grad
+
+        return activation_grad(g, dy, self.activation, ctx), {}

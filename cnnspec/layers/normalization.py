@@ -58,6 +58,8 @@ class BatchNormalization(Layer):
         p = ctx.params
         gamma = p["weight"] if self.scale else g.constant(ctx.name, np.ones(channels))
         beta = p["bias"] if self.center else g.constant(ctx.name, np.zeros(channels))
+        if ctx.training:
+            return self._lower_training(g, x, ctx, gamma, beta)
         y = g.op(
             "BatchNormalization",
             [x, gamma, beta, p["running_mean"], p["running_var"]],
@@ -67,3 +69,50 @@ class BatchNormalization(Layer):
         )
         ctx.saved.update(x=x, y=y)
         return y
+
+    def _lower_training(self, g: GraphBuilder, x: str, ctx: Lowering, gamma: str, beta: str) -> str:
+        """Batch statistics, written out (ONNX's training_mode is not in every runtime build):
+
+        mean = E[x], var = E[(x - mean)²] (biased, as Keras), x̂ = (x - mean) / √(var + ε),
+        y = γ x̂ + β; running = running · momentum + batch · (1 - momentum) (Keras's convention).
+        """
+        from .gradients import channel_axes, ints, reduce_mean
+
+        scope, c, axes = ctx.name, ctx.in_shape[-1], channel_axes(ctx.in_shape)
+        bshape = ints(g, scope, [c, 1, 1] if len(ctx.in_shape) == 3 else [c])  # broadcast against x
+        mean = reduce_mean(g, x, axes, scope)
+        xc = g.op("Sub", [x, mean], scope)
+        var = reduce_mean(g, g.op("Mul", [xc, xc], scope), axes, scope)
+        eps = g.constant(scope, self.epsilon)
+        inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, eps], scope)], scope)], scope)
+        xhat = g.op("Mul", [xc, inv], scope)
+        scaled = g.op("Mul", [xhat, g.op("Reshape", [gamma, bshape], scope)], scope)
+        y = g.op("Add", [scaled, g.op("Reshape", [beta, bshape], scope)], scope)
+        keep, new = g.constant(scope, self.momentum), g.constant(scope, 1.0 - self.momentum)
+        for key, batch in (("running_mean", mean), ("running_var", var)):
+            flat = g.op("Reshape", [batch, ints(g, scope, [c])], scope)
+            old = g.op("Mul", [ctx.params[key], keep], scope)
+            ctx.saved[f"new_{key}"] = g.op("Add", [old, g.op("Mul", [flat, new], scope)], scope)
+        ctx.saved.update(x=x, y=y, xhat=xhat, inv=inv, gamma=g.op("Reshape", [gamma, bshape], scope))
+        return y
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """Training-mode batch norm, with means over the batch (and H, W) axes:
+
+        dβ = Σ dy,  dγ = Σ dy ⊙ x̂,  and with g = dy ⊙ γ:
+        dx = (g - E[g] - x̂ ⊙ E[g ⊙ x̂]) / √(var + ε)   (the batch mean and variance depend on x too)
+        """
+        from .gradients import channel_axes, reduce_mean, reduce_sum
+
+        scope, axes, s = ctx.name, channel_axes(ctx.in_shape), ctx.saved
+        grads = {}
+        if self.scale:
+            grads["weight"] = reduce_sum(g, g.op("Mul", [dy, s["xhat"]], scope), axes, scope)
+        if self.center:
+            grads["bias"] = reduce_sum(g, dy, axes, scope)
+        if ctx.saved.get("no_dx"):
+            return None, grads
+        dxhat = g.op("Mul", [dy, s["gamma"]], scope) if self.scale else dy
+        proj = g.op("Mul", [s["xhat"], reduce_mean(g, g.op("Mul", [dxhat, s["xhat"]], scope), axes, scope)], scope)
+        centred = g.op("Sub", [g.op("Sub", [dxhat, reduce_mean(g, dxhat, axes, scope)], scope), proj], scope)
+        return g.op("Mul", [centred, s["inv"]], scope), grads

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from .base import Layer, Lowering, Pair, pads_text, require_image, spatial_windows
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..builder import GraphBuilder
     from ..shapes import Shape
 
@@ -50,17 +52,69 @@ class _Pooling2D(Layer):
         # NOTE: Keras's average pooling with 'same' divides by the number of real (unpadded) pixels:
         # count_include_pad=0. Max pooling ignores the padding in both.
         extra = {"count_include_pad": 0} if self.onnx_op == "AveragePool" else {}
+        # In training, MaxPool also outputs where each maximum came from (flat NCHW indices).
+        outputs = 2 if ctx.training and self.onnx_op == "MaxPool" else 1
         y = g.op(
             self.onnx_op,
             [x],
             ctx.name,
+            outputs=outputs,
             kernel_shape=list(self.pool_size),
             strides=list(self.stride_pair),
             pads=self.pads(ctx.in_shape),
             **extra,
         )
+        if outputs == 2:
+            y, ctx.saved["indices"] = y
         ctx.saved.update(x=x, y=y)
         return y
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """Max: each dy goes to the input pixel that was its window's maximum, summed where windows
+        overlap: dx = scatter-add of dy at MaxPool's flat indices (which ignore the padding).
+
+        Average (padding not counted, as Keras): y[i] = Σ_{p ∈ win(i) ∩ image} x[p] / count[i], so
+        dx[p] = Σ_{i : p ∈ win(i)} dy[i] / count[i]: a transposed convolution of dy / count by a
+        kernel of ones, with output_padding for the pixels after the last window.
+        """
+        import numpy as np
+
+        from .gradients import ints, output_padding, zeros_like
+
+        scope, x = ctx.name, ctx.saved["x"]
+        if self.onnx_op == "MaxPool":
+            flat = g.op("Reshape", [x, ints(g, scope, [-1])], scope)
+            index = g.op("Reshape", [ctx.saved["indices"], ints(g, scope, [-1])], scope)
+            dy_flat = g.op("Reshape", [dy, ints(g, scope, [-1])], scope)
+            summed = g.op("ScatterElements", [zeros_like(g, flat, scope), index, dy_flat], scope, reduction="add")
+            return g.op("Reshape", [summed, g.op("Shape", [x], scope)], scope), {}
+        (h, w, c), (ho, wo, _) = ctx.in_shape, ctx.out_shape
+        pads = self.pads(ctx.in_shape)
+        counts = self._counts(ctx.in_shape, pads, ho, wo)
+        scaled = g.op("Div", [dy, g.constant(scope, counts.reshape(1, 1, ho, wo))], scope)
+        single = g.op("Reshape", [scaled, ints(g, scope, [-1, 1, ho, wo])], scope)  # channels as images
+        ones = g.constant(scope, np.ones((1, 1, *self.pool_size)))
+        dx = g.op(
+            "ConvTranspose",
+            [single, ones],
+            scope,
+            kernel_shape=list(self.pool_size),
+            strides=list(self.stride_pair),
+            pads=pads,
+            output_padding=output_padding(ctx.in_shape, pads, self.pool_size, self.stride_pair, (1, 1)),
+        )
+        return g.op("Reshape", [dx, ints(g, scope, [-1, c, h, w])], scope), {}
+
+    def _counts(self, shape: Shape, pads: list[int], ho: int, wo: int) -> np.ndarray:
+        """Real (unpadded) pixels in each window: the product of the per-axis counts."""
+        import numpy as np
+
+        per_axis = []
+        for a, n in ((0, ho), (1, wo)):
+            start = np.arange(n) * self.stride_pair[a] - pads[a]
+            stop = np.minimum(start + self.pool_size[a], shape[a])
+            per_axis.append(stop - np.maximum(start, 0))
+        return np.outer(per_axis[0], per_axis[1]).astype(np.float64)
 
 
 class MaxPooling2D(_Pooling2D):
@@ -95,6 +149,22 @@ class _GlobalPooling2D(Layer):
         y = g.op("Flatten", [pooled], ctx.name, axis=1)
         ctx.saved.update(x=x, y=y)
         return y
+
+    def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
+        """Average: dx[n,c,h,w] = dy[n,c] / (H·W).  Max: dy goes to the maxima of each map, shared
+        equally among ties (a valid subgradient): dx = dy · [x = max] / #ties."""
+        from .gradients import float_type, ints, reduce_sum
+
+        h, w, c = ctx.in_shape
+        scope, x = ctx.name, ctx.saved["x"]
+        dy4 = g.op("Reshape", [dy, ints(g, scope, [-1, c, 1, 1])], scope)
+        if self.onnx_op == "GlobalAveragePool":
+            scaled = g.op("Mul", [dy4, g.constant(scope, 1.0 / (h * w))], scope)
+            return g.op("Expand", [scaled, g.op("Shape", [x], scope)], scope), {}
+        y4 = g.op("Reshape", [ctx.saved["y"], ints(g, scope, [-1, c, 1, 1])], scope)
+        mask = g.op("Cast", [g.op("Equal", [x, y4], scope)], scope, to=float_type(g))
+        ties = reduce_sum(g, mask, [2, 3], scope, keepdims=1)
+        return g.op("Mul", [mask, g.op("Div", [dy4, ties], scope)], scope), {}
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):

@@ -1,0 +1,1 @@
+"""Training: the backward walk, loss, optimizers, the train-step ONNX program, the loop and checkpoints."""

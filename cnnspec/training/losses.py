@@ -1,0 +1,57 @@
+"""Mean categorical cross-entropy with integer labels, emitted as ONNX with its gradient.
+
+With logits z (N, K), p = softmax(z) and the smoothed one-hot target t = (1 - ε)·onehot(y) + ε/K:
+  loss = -(1/N) Σ_n Σ_k t[n,k] log p[n,k]
+  dL/dz = (p - t) / N      (the fused softmax + cross-entropy gradient: no 1/p, stable)
+log p comes from LogSoftmax, never log(softmax), so large logits cannot give log(0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..layers.gradients import float_type, ints, reduce_sum
+
+if TYPE_CHECKING:
+    from ..builder import GraphBuilder
+
+SCOPE = "loss"
+
+
+@dataclass
+class LossNodes:
+    loss: str
+    """Scalar mean loss over the batch."""
+    dlogits: str
+    """dL/dz, (N, K)."""
+    correct: str
+    """Scalar int64: how many argmax(z) equal the label."""
+
+
+def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoothing: float = 0.0) -> LossNodes:
+    off = smoothing / classes
+    values = g.constant(SCOPE, [off, 1.0 - smoothing + off])
+    # NOTE: depth as a 0-d tensor (the reference evaluator needs it; the builder stores constants 1-d).
+    depth = g.op("Reshape", [ints(g, SCOPE, [classes]), ints(g, SCOPE, [])], SCOPE)
+    target = g.op("OneHot", [labels, depth, values], SCOPE, axis=-1)
+    logp = g.op("LogSoftmax", [logits], SCOPE, axis=1)
+    per_sample = reduce_sum(g, g.op("Mul", [target, logp], SCOPE), [1], SCOPE)
+    # ReduceMean without axes reduces every axis, in every opset.
+    loss = g.op("Neg", [g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)], SCOPE)
+    batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    dlogits = g.op("Div", [g.op("Sub", [g.op("Exp", [logp], SCOPE), target], SCOPE), batch], SCOPE)
+    predicted = g.op("ArgMax", [logits], SCOPE, axis=1, keepdims=0)
+    hits = g.op("Cast", [g.op("Equal", [predicted, labels], SCOPE)], SCOPE, to=7)  # 7 = INT64
+    correct = reduce_sum(g, hits, [0], SCOPE)
+    return LossNodes(loss, dlogits, correct)
+
+
+def logits_of(layers, contexts, output: str) -> tuple[str, bool]:
+    """The tensor the loss reads and whether it is the last softmax's input (fused gradient).
+
+    NOTE: a last layer without softmax is taken to output logits, as Keras's from_logits=True.
+    """
+    if getattr(layers[-1], "activation", None) == "softmax":
+        return contexts[-1].saved["z"], True
+    return output, False

@@ -1,0 +1,167 @@
+"""The train-step program: forward (training mode), loss, backward and optimizer update in ONE graph.
+
+  inputs:  params... (layer order, running statistics included), optimizer state..., input [N,C,H,W]
+           raw pixels, labels [N] int64, learning_rate (scalar), step (int64 scalar: updates done so
+           far), and one `<dropout layer>.mask` [N, ...] per Dropout layer
+  outputs: loss (scalar), correct (int64 scalar), new.<param>..., new.<state>...
+
+Only standard-domain operators, so any onnxruntime (CPU, CUDA) or other ONNX runtime can run it.
+The eval program (params..., input, labels) -> (loss, correct) is the inference forward plus the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..analysis import Report
+from ..builder import GraphBuilder
+from ..compiler import DEFAULT_OPSET, PRODUCER, lower_layers, lower_preprocess
+from ..shapes import hwc_to_chw
+from ..spec import Spec
+from .autodiff import backward
+from .losses import cross_entropy, logits_of
+from .optimizers import Optimizer
+
+INPUT, LABELS, LR, STEP, LOSS, CORRECT = "input", "labels", "learning_rate", "step", "loss", "correct"
+TRAIN_OPSET = max(DEFAULT_OPSET, 16)  # ScatterElements with reduction="add" (MaxPool's gradient)
+
+
+def new(name: str) -> str:
+    """Output name of a tensor's value after the step."""
+    return f"new.{name}"
+
+
+@dataclass
+class Program:
+    model: onnx.ModelProto
+    params: list[str]
+    """Every parameter, in layer order (graph inputs and, as new.<name>, outputs)."""
+    trainable: list[str]
+    state: list[str] = field(default_factory=list)
+    masks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Dropout mask inputs and their per-sample NCHW shapes."""
+    rates: dict[str, float] = field(default_factory=dict)
+    """Dropout rate of each mask input."""
+
+
+def _float(g: GraphBuilder) -> int:
+    return TensorProto.DOUBLE if g.dtype.itemsize == 8 else TensorProto.FLOAT
+
+
+def _forward(g: GraphBuilder, spec: Spec, report: Report, training: bool, smoothing: float):
+    x = lower_preprocess(g, spec, INPUT)
+    forward = lower_layers(g, spec, report, x, lambda name: name, training=training)
+    logits, fused = logits_of(spec.layers, forward.contexts, forward.output)
+    loss = cross_entropy(g, logits, LABELS, report.output_shape[0], smoothing)
+    return forward, loss, fused
+
+
+def build_train_step(
+    spec: Spec,
+    report: Report,
+    optimizer: Optimizer,
+    smoothing: float = 0.0,
+    *,
+    gradients_only: bool = False,
+    dtype: type = np.float32,
+) -> Program:
+    """The train-step graph; with `gradients_only`, outputs grad.<param> instead of updating."""
+    g = GraphBuilder(TRAIN_OPSET, dtype)
+    forward, loss, fused = _forward(g, spec, report, True, smoothing)
+    grads = backward(g, list(spec.layers), forward.contexts, loss.dlogits, dy_is_dz=fused)
+    params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
+    program = Program(None, params, [p for p in params if p in grads])  # type: ignore[arg-type]
+    outputs: dict[str, str] = {LOSS: loss.loss, CORRECT: loss.correct}
+    if gradients_only:
+        outputs |= {f"grad.{p}": grads[p] for p in program.trainable}
+    else:
+        outputs |= _updates(g, optimizer, grads, program)
+    for ctx in forward.contexts:
+        outputs |= {new(f"{ctx.name}.{k[4:]}"): t for k, t in ctx.saved.items() if k.startswith("new_")}
+        if "mask" in ctx.saved:
+            program.masks[ctx.saved["mask"]] = hwc_to_chw(ctx.in_shape)
+    program.rates = {f"{layer_name}.mask": spec.layers[i].rate for i, layer_name in _dropouts(report, spec)}
+    if not gradients_only:  # parameters nobody updates (none today) pass through unchanged
+        outputs |= {new(p): p for p in params if new(p) not in outputs}
+    inputs = _inputs(g, spec, report, program)
+    if gradients_only:
+        inputs = [i for i in inputs if i.name not in (LR, STEP)]
+    program.model = _model(g, spec, inputs, outputs)
+    return program
+
+
+def _dropouts(report: Report, spec: Spec):
+    return [(i, row.name) for i, row in enumerate(report.layers) if spec.layers[i].type == "Dropout"]
+
+
+def _updates(g: GraphBuilder, optimizer: Optimizer, grads: dict[str, str], program: Program) -> dict[str, str]:
+    t = g.op("Add", [g.op("Cast", [STEP], "optimizer", to=_float(g)), g.constant("optimizer", 1.0)], "optimizer")
+    scalars = optimizer.step_scalars(g, LR, t)
+    outputs = {}
+    for p in program.trainable:
+        names = optimizer.state_names(p)
+        program.state += names
+        w, state = optimizer.emit(g, p, grads[p], names, scalars)
+        outputs[new(p)] = w
+        outputs |= {new(n): s for n, s in zip(names, state, strict=True)}
+    return outputs
+
+
+def _inputs(g: GraphBuilder, spec: Spec, report: Report, program: Program) -> list[onnx.ValueInfoProto]:
+    shapes = {f"{row.name}.{k}": s for row in report.layers for k, s in row.param_shapes.items()}
+    shapes |= {n: shapes[n.split(".", 1)[1]] for n in program.state}
+    c, h, w = hwc_to_chw(spec.input_shape)
+    f = _float(g)
+    value = helper.make_tensor_value_info
+    inputs = [value(n, f, list(shapes[n])) for n in program.params + program.state]
+    inputs += [value(INPUT, f, ["batch", c, h, w]), value(LABELS, TensorProto.INT64, ["batch"])]
+    inputs += [value(LR, f, []), value(STEP, TensorProto.INT64, [])]
+    inputs += [value(m, f, ["batch", *shape]) for m, shape in program.masks.items()]
+    return inputs
+
+
+def _model(g: GraphBuilder, spec: Spec, inputs, outputs: dict[str, str]) -> onnx.ModelProto:
+    """Name the outputs (renaming the producing tensors; Identity where a name is taken)."""
+    graph_inputs = {i.name for i in inputs}
+    produced = {o for node in g.nodes for o in node.output}
+    renames, out_infos = {}, []
+    for name, tensor in outputs.items():
+        if tensor in graph_inputs or tensor in renames or tensor not in produced:
+            g.nodes.append(helper.make_node("Identity", [renames.get(tensor, tensor)], [name], name=f"{name}/Identity"))
+        else:
+            renames[tensor] = name
+        out_infos.append(helper.make_tensor_value_info(name, 0, None))
+    for node in g.nodes:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    graph = helper.make_graph(g.nodes, f"{spec.name}-train-step", inputs, out_infos, initializer=g.initializers)
+    return _wrap(graph)
+
+
+def _wrap(graph: onnx.GraphProto) -> onnx.ModelProto:
+    opsets = [helper.make_opsetid("", TRAIN_OPSET)]
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        ir_version=helper.find_min_ir_version_for(opsets),
+        producer_name=PRODUCER,
+        producer_version=__version__,
+    )
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def build_eval(spec: Spec, report: Report, smoothing: float = 0.0) -> Program:
+    """(params..., input, labels) -> (loss, correct) with the inference forward (running statistics)."""
+    g = GraphBuilder(TRAIN_OPSET)
+    _, loss, _ = _forward(g, spec, report, False, smoothing)
+    params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
+    program = Program(None, params, [])  # type: ignore[arg-type]
+    inputs = _inputs(g, spec, report, program)
+    inputs = [i for i in inputs if i.name not in (LR, STEP)]
+    program.model = _model(g, spec, inputs, {LOSS: loss.loss, CORRECT: loss.correct})
+    return program

@@ -1,0 +1,196 @@
+"""Every backward rule against central finite differences of the forward, in float64.
+
+Each case is a small network around the layer under test: a first Conv2D (so that dL/dx of the
+layer under test reaches a parameter), the layer, then a head. The float64 train-step graph (with
+gradients as outputs) runs on onnx's reference evaluator; the directional derivative Σ grad·v along
+a random direction v must equal (L(θ + hv) - L(θ - hv)) / 2h to 1e-6 of |grad|·|v|. The same graph in
+float32 on onnxruntime must agree with the float64 gradients (ORT's MaxPool indices, ConvTranspose
+pads and ScatterElements are what training really runs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from onnx.reference.ops._op import OpRunUnaryNum
+from onnx.reference.ops.op_conv_transpose import ConvTranspose as RefConvTranspose
+
+from cnnspec.analysis import check
+from cnnspec.compiler import initial_params
+from cnnspec.spec import spec_from_data
+from cnnspec.training.optimizers import Optimizer
+from cnnspec.training.program import INPUT, LABELS, build_train_step
+
+FIRST = {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "tanh"}
+HEAD = [{"type": "Flatten"}, {"type": "Dense", "units": 3}]
+GAP_HEAD = [{"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 3}]
+
+
+class Erf(OpRunUnaryNum):
+    """NOTE: onnx's reference Erf computes in float32 (np.vectorize(otypes="f")); this one keeps float64."""
+
+    def _run(self, x):
+        return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
+
+
+class ConvTranspose(RefConvTranspose):
+    """NOTE: onnx's reference ConvTranspose slices W wrongly when group > 1; run it per group."""
+
+    def _run(self, X, W, B=None, group=None, **attrs):
+        if not group or group == 1:
+            return super()._run(X, W, B, group=1, **attrs)
+        xs, ws = np.split(X, group, axis=1), np.split(W, group, axis=0)
+        parts = [super(ConvTranspose, self)._run(x, w, None, group=1, **attrs)[0] for x, w in zip(xs, ws, strict=True)]
+        return (np.concatenate(parts, axis=1),)
+
+
+class MaxPool(OpRun):
+    """NOTE: onnx's reference MaxPool leaves out the n·C + c offset of flat indices for some windows
+    (e.g. 2x3, stride 1); onnxruntime and the ONNX spec include it. A plain 2-D version here."""
+
+    def _run(self, x, kernel_shape=None, strides=None, pads=None, **_):
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (top, left, bottom, right) = kernel_shape, strides or (1, 1), pads or (0,) * 4
+        ho, wo = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+        y, index = np.empty((n, c, ho, wo), x.dtype), np.empty((n, c, ho, wo), np.int64)
+        plane = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * h * w
+        for i in range(ho):
+            for j in range(wo):
+                h0, w0 = max(i * sh - top, 0), max(j * sw - left, 0)
+                h1, w1 = min(i * sh - top + kh, h), min(j * sw - left + kw, w)
+                window = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+                at = window.argmax(-1)
+                y[:, :, i, j] = window.max(-1)
+                index[:, :, i, j] = plane + (h0 + at // (w1 - w0)) * w + w0 + at % (w1 - w0)
+        return (y, index)
+
+
+def conv(**kw):
+    return {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "tanh", **kw}
+
+
+def dense_head(activation):
+    return [{"type": "Flatten"}, {"type": "Dense", "units": 5, "activation": activation}, {"type": "Dense", "units": 3}]
+
+
+CASES = {
+    "conv-valid": [FIRST, conv(), *HEAD],
+    "conv-same-stride2-odd": [FIRST, conv(strides=2, padding="same"), *HEAD],
+    "conv-dilation2-stride2": [FIRST, conv(dilation_rate=2, strides=2), *HEAD],
+    "conv-stride3-leftover": [FIRST, conv(kernel_size=[2, 3], strides=3), *HEAD],
+    "conv-groups2-explicit-pads": [FIRST, conv(groups=2, padding=[1, 2], kernel_size=[3, 2]), *HEAD],
+    "conv-depthwise-stride21": [FIRST, conv(groups=4, strides=[2, 1], padding="same", use_bias=False), *HEAD],
+    "conv-first-layer": [conv(padding="same", strides=2), *HEAD],
+    "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
+    "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
+    "maxpool-stride1": [FIRST, {"type": "MaxPooling2D", "pool_size": [2, 3], "strides": 1}, *HEAD],
+    "avgpool-valid": [FIRST, {"type": "AveragePooling2D"}, *HEAD],
+    "avgpool-same-overlap": [
+        FIRST,
+        {"type": "AveragePooling2D", "pool_size": 3, "strides": 2, "padding": "same"},
+        *HEAD,
+    ],
+    "avgpool-rect-same": [
+        FIRST,
+        {"type": "AveragePooling2D", "pool_size": [2, 3], "strides": [1, 2], "padding": "same"},
+        *HEAD,
+    ],
+    "global-average": [FIRST, {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 3}],
+    "global-max": [FIRST, {"type": "GlobalMaxPooling2D"}, {"type": "Dense", "units": 3}],
+    "zero-padding": [FIRST, {"type": "ZeroPadding2D", "padding": [[1, 2], [0, 3]]}, conv(), *GAP_HEAD],
+    "dropout": [FIRST, {"type": "Dropout", "rate": 0.4}, *HEAD],
+    "batchnorm-image": [FIRST, {"type": "BatchNormalization", "momentum": 0.9}, *HEAD],
+    "batchnorm-flat": [FIRST, {"type": "Flatten"}, {"type": "BatchNormalization"}, {"type": "Dense", "units": 3}],
+    "batchnorm-no-scale-center": [FIRST, {"type": "BatchNormalization", "scale": False, "center": False}, *HEAD],
+    "activation-layer-softmax": [FIRST, {"type": "Activation", "activation": "softmax"}, *HEAD],
+    "softmax-last-fused": [FIRST, {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}],
+    "softmax-activation-last": [FIRST, *HEAD, {"type": "Activation", "activation": "softmax"}],
+}
+for act in ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu"]:
+    CASES[f"dense-{act}"] = [FIRST, *dense_head(act)]
+    CASES[f"conv-{act}"] = [FIRST, conv(activation=act, padding="same"), *HEAD]
+
+
+def make_case(name: str, smoothing: float = 0.0, preprocess=None):
+    data = {"name": name, "input": {"shape": [7, 6, 2]}, "layers": CASES[name]}
+    if preprocess:
+        data["preprocess"] = preprocess
+    spec = spec_from_data(data)
+    return spec, check(spec)
+
+
+def feeds_for(program, params, rng, batch=3):
+    c, h, w = 2, 7, 6
+    feeds = {k: v.astype(np.float64) for k, v in params.items()}
+    feeds[INPUT] = rng.normal(size=(batch, c, h, w))
+    feeds[LABELS] = rng.integers(0, 3, batch).astype(np.int64)
+    for mask, shape in program.masks.items():
+        rate = program.rates[mask]
+        feeds[mask] = (rng.uniform(size=(batch, *shape)) >= rate) / (1 - rate)
+    return feeds
+
+
+def perturbed_params(spec, report, rng):
+    # Nonzero biases, non-unit BN scales and running stats: no gradient hides behind a special value.
+    params = initial_params(spec, report, seed=1)
+    return {k: v + 0.3 * rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+
+
+def run_ref(session, feeds):
+    names = [o.name for o in session.proto_.graph.output] if hasattr(session, "proto_") else None
+    out = session.run(None, feeds)
+    return dict(zip(names, out, strict=True)) if names else out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backward_matches_finite_differences(name):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    smoothing = 0.1 if "softmax-last" in name else 0.0
+    preprocess = {"scale": 0.5, "mean": [0.1, -0.2], "std": [2.0, 0.5]} if name == "conv-valid" else None
+    spec, report = make_case(name, smoothing, preprocess)
+    program = build_train_step(spec, report, Optimizer(), smoothing, gradients_only=True, dtype=np.float64)
+    ref = ReferenceEvaluator(program.model, new_ops=[Erf, ConvTranspose, MaxPool])
+    outputs = [o.name for o in program.model.graph.output]
+    feeds = feeds_for(program, perturbed_params(spec, report, rng), rng)
+
+    def loss(shift: dict[str, np.ndarray], h: float) -> float:
+        return float(ref.run(["loss"], feeds | {k: feeds[k] + h * v for k, v in shift.items()})[0])
+
+    got = dict(zip(outputs, ref.run(None, feeds), strict=True))
+    grads = {k[len("grad.") :]: v for k, v in got.items() if k.startswith("grad.")}
+    assert set(grads) == set(program.trainable) and grads
+    for _ in range(2):
+        v = {k: rng.normal(size=g.shape) for k, g in grads.items()}
+        analytic = sum(float(np.sum(grads[k] * v[k])) for k in grads)
+        h = 1e-5
+        numeric = (loss(v, h) - loss(v, -h)) / (2 * h)
+        scale = np.sqrt(sum(np.sum(g**2) for g in grads.values())) * np.sqrt(sum(np.sum(d**2) for d in v.values()))
+        assert abs(analytic - numeric) <= 1e-6 * scale, (name, analytic, numeric, scale)
+    check_onnxruntime_agrees(program, spec, report, feeds, got)
+
+
+def check_onnxruntime_agrees(program64, spec, report, feeds, expected):
+    program = build_train_step(
+        spec, report, Optimizer(), 0.1 if "softmax-last" in spec.name else 0.0, gradients_only=True
+    )
+    session = ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in feeds.items()}
+    names = [o.name for o in session.get_outputs()]
+    for name, value in zip(names, session.run(None, f32), strict=True):
+        want = expected[name]
+        tol = 2e-4 * (np.abs(want).max() + 1e-3)
+        np.testing.assert_allclose(value, want, atol=tol, rtol=1e-3, err_msg=name)
+
+
+def test_missing_backward_rule_fails_loudly(monkeypatch):
+    from cnnspec.layers import Flatten
+
+    spec, report = make_case("dense-relu")
+    monkeypatch.delattr(Flatten, "backward")
+    with pytest.raises(NotImplementedError, match="no backward rule for Flatten"):
+        build_train_step(spec, report, Optimizer())
