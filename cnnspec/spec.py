@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .errors import Issue, SpecError
 from .layers import LAYERS_BY_TYPE, AnyLayer, Layer
-from .layers.base import Float, Int
+from .layers.base import Constant, Float, Int, RandomNormal, RandomUniform
 from .loader import read_spec_file
 
 MAX_LAYERS = 1000
@@ -206,6 +206,13 @@ def _describe(error: dict, field: str) -> str:
         parent, _, key = field.rpartition(".")
         hint = _suggest(key, allowed) or (f". Hint: the fields here are {', '.join(allowed)}" if allowed else "")
         return f"{parent + ': ' if parent else ''}unknown field '{key}'{hint}"
+    if kind in ("union_tag_invalid", "union_tag_not_found") and field != "type":  # a nested mapping's type
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        tags = tags or _INITIALIZER_TAGS  # Pydantic names no tags when 'type' is missing
+        hint = f". Hint: type is one of {', '.join(tags)}"
+        if kind == "union_tag_not_found":
+            return f"{field.removesuffix('.type')}: missing 'type'{hint}"
+        return f"unknown {field} {ctx.get('tag')!r}" + (_suggest(ctx.get("tag"), tags) or hint)
     if kind == "union_tag_invalid":
         tag = ctx.get("tag")
         return f"unknown layer type {tag!r}" + (_suggest(tag, list(LAYERS_BY_TYPE)) or _TYPES_HINT)
@@ -238,18 +245,53 @@ def _describe(error: dict, field: str) -> str:
     return f"{field}: {error['msg']}, got {shown}"
 
 
+_INITIALIZER_TAGS = [m.model_fields["type"].annotation.__args__[0] for m in (RandomNormal, RandomUniform, Constant)]
 _TYPES_HINT = ". Hint: type is one of " + ", ".join(LAYERS_BY_TYPE)
 _LENGTH_HINTS = {"input.shape": ". Hint: [height, width, channels], e.g. [28, 28, 1]"}
 
 
+def _wrong_branch(error: dict) -> bool:
+    """A field typed `name | {type: ..., ...}` (initializers) fails in both union branches; keep the
+    errors of the branch the user wrote: a mapping means the tagged models, anything else the names."""
+    parts = [p for p in error["loc"] if isinstance(p, str)]
+    if any(p.startswith("literal[") for p in parts):
+        return isinstance(error.get("input"), dict)
+    tagged = [i for i, p in enumerate(error["loc"]) if isinstance(p, str) and p.startswith("tagged-union[")]
+    return bool(tagged) and tagged[-1] == len(error["loc"]) - 1 and error["type"] in _NOT_A_MAPPING
+
+
+_NOT_A_MAPPING = ("model_attributes_type", "model_type", "dict_type")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """The location without Pydantic's union bookkeeping: member names and a nested tagged union's tag."""
+    out: list = []
+    skip_tag = False
+    for part in loc:
+        if skip_tag:
+            skip_tag = False
+            continue
+        if isinstance(part, str) and part.startswith("tagged-union["):
+            skip_tag = True  # the next part is the tag ('random_normal'), not a field
+        elif not _is_union_member(part):
+            out.append(part)
+    return tuple(out)
+
+
 def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]:
-    """One Issue per (layer, field), with the layer's index and name and a 'did you mean' where it helps."""
+    """One Issue per (layer, field), with the layer's index and name and a 'did you mean' where it helps.
+
+    Pydantic's location ('layers', 1, 'Conv2D', 'filters') becomes layer=1, field='filters': the
+    discriminated union puts the layer's tag in the location, which is not a field.
+    """
     raw_layers = data.get("layers") if isinstance(data, dict) else None
     raw_layers = raw_layers if isinstance(raw_layers, list) else []
     names = layer_names(raw_layers)
     issues: dict[tuple, Issue] = {}
     for error in exc.errors(include_url=False):
-        loc = tuple(p for p in error["loc"] if not _is_union_member(p))
+        if _wrong_branch(error):
+            continue
+        loc = _clean_loc(error["loc"])
         layer, prefix = None, ""
         if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
             layer = loc[1]
@@ -260,8 +302,8 @@ def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]
         else:
             rest = loc
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[") or None
-        if error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
-            field = "type"
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field = f"{field}.type" if field else "type"
         message = prefix + _describe(error, field or "")
         issues.setdefault((layer, field), Issue(message, layer, field))
     return list(issues.values())
