@@ -30,7 +30,7 @@ Params = dict[str, np.ndarray]
 def initial_params(spec: Spec, report: Report, seed: int = 0) -> Params:
     """Initial weights of every layer, each drawn from its own stream keyed on (seed, layer name)."""
     params: Params = {}
-    for row, layer in zip(report.layers, spec.layers):
+    for row, layer in zip(report.layers, spec.layers, strict=True):
         for key, value in layer.init_params(row.input_shape, layer_rng(seed, row.name)).items():
             params[f"{row.name}.{key}"] = value
     return params
@@ -43,12 +43,15 @@ def lower_preprocess(g: GraphBuilder, spec: Spec, x: str) -> str:
     p, channels = spec.preprocess, spec.input_shape[2]
     mean = np.broadcast_to(np.asarray(p.mean, np.float64), (channels,))
     std = np.broadcast_to(np.asarray(p.std, np.float64), (channels,))
+    # (x * scale - mean) / std = x * (scale / std) + (-mean / std); a factor of 1 or a term of 0 is
+    # left out, so `scale: 1/255` alone is one Mul and the identity emits nothing.
     mul, add = p.scale / std, -mean / std
-    if np.all(mul == 1) and np.all(add == 0):
-        return x
     shape = (1, channels, 1, 1)
-    x = g.op("Mul", [x, g.constant("preprocess", mul.reshape(shape))], "preprocess")
-    return g.op("Add", [x, g.constant("preprocess", add.reshape(shape))], "preprocess")
+    if np.any(mul != 1):
+        x = g.op("Mul", [x, g.constant("preprocess", mul.reshape(shape))], "preprocess")
+    if np.any(add != 0):
+        x = g.op("Add", [x, g.constant("preprocess", add.reshape(shape))], "preprocess")
+    return x
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Forward:
 def lower_layers(g: GraphBuilder, spec: Spec, report: Report, x: str, param_tensor, training: bool) -> Forward:
     """Emit every layer's forward nodes; `param_tensor(full_name)` gives the tensor name of a parameter."""
     contexts = []
-    for row, layer in zip(report.layers, spec.layers):
+    for row, layer in zip(report.layers, spec.layers, strict=True):
         names = {key: param_tensor(f"{row.name}.{key}") for key in row.param_shapes}
         ctx = Lowering(row.name, row.input_shape, row.output_shape, names, training)
         x = layer.lower(g, x, ctx)
@@ -69,7 +72,9 @@ def lower_layers(g: GraphBuilder, spec: Spec, report: Report, x: str, param_tens
 
 
 def metadata(spec: Spec, report: Report) -> dict[str, str]:
-    preprocess = spec.preprocess.model_dump(mode="json") if spec.preprocess else {"scale": 1.0, "mean": [0.0], "std": [1.0]}
+    preprocess = (
+        spec.preprocess.model_dump(mode="json") if spec.preprocess else {"scale": 1.0, "mean": [0.0], "std": [1.0]}
+    )
     return {
         "cnnspec.version": __version__,
         "cnnspec.spec": json.dumps(normalized(spec), sort_keys=True),

@@ -1,0 +1,231 @@
+"""A plain-numpy forward pass of every layer kind, written from the layers' definitions (Keras semantics).
+
+Independent of the emitted ONNX graph and of cnnspec's own shape arithmetic: the padding, window and
+output sizes are recomputed here from their definitions, in float64. Tensors are NCHW (the model's
+layout) or [N, units] once flat. The entry point is `forward(spec, params, x)` on a *normalized* spec
+dict (every default filled in and every layer named: `cnnspec.spec.normalized(spec)`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Pads = tuple[int, int, int, int]
+"""(top, bottom, left, right)."""
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+# ---- padding -------------------------------------------------------------------------------------
+
+
+def same_pads_1d(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME': out = ceil(size / stride) and the total pad needed to reach it.
+
+    Keras puts the odd pixel at the end (bottom/right): before = total // 2.
+    """
+    out = -(-size // stride)
+    extent = (kernel - 1) * dilation + 1
+    total = max((out - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_pads(padding: Any, hw: tuple[int, int], kernel, strides, dilation) -> Pads:
+    """'valid' -> no padding; 'same' -> Keras's split; p or [ph, pw] -> symmetric explicit padding."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        top, bottom = same_pads_1d(hw[0], kernel[0], strides[0], dilation[0])
+        left, right = same_pads_1d(hw[1], kernel[1], strides[1], dilation[1])
+        return (top, bottom, left, right)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return (ph, ph, pw, pw)
+
+
+def pad_nchw(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    top, bottom, left, right = pads
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def windows(x: np.ndarray, kernel, strides, dilation):
+    """Yield (u, v, view) for each kernel tap: view[n, c, i, j] = x[n, c, i*sh + u*dh, j*sw + v*dw].
+
+    x is already padded; the output size is the number of whole windows that fit.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    oh = (x.shape[2] - ((kh - 1) * dh + 1)) // sh + 1
+    ow = (x.shape[3] - ((kw - 1) * dw + 1)) // sw + 1
+    assert oh >= 1 and ow >= 1, "window larger than the padded input"
+    for u in range(kh):
+        for v in range(kw):
+            rows = slice(u * dh, u * dh + (oh - 1) * sh + 1, sh)
+            cols = slice(v * dw, v * dw + (ow - 1) * sw + 1, sw)
+            yield u, v, x[:, :, rows, cols]
+
+
+# ---- layers --------------------------------------------------------------------------------------
+
+
+def conv2d(x, weight, bias, strides=(1, 1), dilation=(1, 1), pads: Pads = (0, 0, 0, 0), groups: int = 1):
+    """y[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * xpad[n, g(o)*Cg + c, i*sh + u*dh, j*sw + v*dw]."""
+    x = pad_nchw(np.asarray(x, np.float64), pads)
+    weight = np.asarray(weight, np.float64)
+    out_ch, cg, kh, kw = weight.shape
+    og = out_ch // groups  # output channels per group
+    y = None
+    for u, v, view in windows(x, (kh, kw), strides, dilation):
+        parts = [
+            np.einsum("nchw,oc->nohw", view[:, g * cg : (g + 1) * cg], weight[g * og : (g + 1) * og, :, u, v])
+            for g in range(groups)
+        ]
+        tap = np.concatenate(parts, axis=1)
+        y = tap if y is None else y + tap
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)[None, :, None, None]
+    return y
+
+
+def max_pool(x, pool, strides, pads: Pads):
+    """Maximum over each window; padded cells never win (they are -inf)."""
+    x = pad_nchw(np.asarray(x, np.float64), pads, -np.inf)
+    return np.max([view for _, _, view in windows(x, pool, strides, (1, 1))], axis=0)
+
+
+def avg_pool(x, pool, strides, pads: Pads):
+    """Mean over the real cells of each window: Keras divides by the unpadded count."""
+    x = np.asarray(x, np.float64)
+    ones = np.ones((1, 1) + x.shape[2:])
+    total = sum(view for _, _, view in windows(pad_nchw(x, pads), pool, strides, (1, 1)))
+    count = sum(view for _, _, view in windows(pad_nchw(ones, pads), pool, strides, (1, 1)))
+    return total / count
+
+
+def dense(x, weight, bias):
+    """y = x W^T + b with W stored [out, in] (PyTorch's layout)."""
+    y = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def flatten(x):
+    """Channel-major (NCHW) order, as PyTorch; Keras would flatten HWC."""
+    return np.asarray(x).reshape(x.shape[0], -1)
+
+
+def batchnorm(x, gamma, beta, mean, var, epsilon):
+    """Inference: gamma * (x - mean) / sqrt(var + epsilon) + beta per channel (axis 1)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    r = lambda a: np.asarray(a, np.float64).reshape(shape)  # noqa: E731
+    return r(gamma) * (np.asarray(x, np.float64) - r(mean)) / np.sqrt(r(var) + epsilon) + r(beta)
+
+
+def sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)) without overflow
+
+
+def softmax(x, axis: int = 1):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def activation(x, name: str | None):
+    x = np.asarray(x, np.float64)
+    table = {
+        None: lambda: x,
+        "linear": lambda: x,
+        "relu": lambda: np.maximum(x, 0.0),
+        "tanh": lambda: np.tanh(x),
+        "sigmoid": lambda: sigmoid(x),
+        "softmax": lambda: softmax(x, axis=1),  # channels (NCHW) or units
+        "leaky_relu": lambda: np.where(x >= 0, x, 0.2 * x),  # Keras's slope, not ONNX's 0.01
+        "elu": lambda: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+        "gelu": lambda: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),  # exact (approximate=False)
+        "silu": lambda: x * sigmoid(x),
+    }
+    return table[name]()
+
+
+def preprocess(x, prep: dict | None):
+    """(x * scale - mean) / std per channel (axis 1)."""
+    x = np.asarray(x, np.float64)
+    if not prep:
+        return x
+    channels = x.shape[1]
+    mean = np.broadcast_to(np.asarray(prep.get("mean", [0.0]), np.float64), (channels,)).reshape(1, -1, 1, 1)
+    std = np.broadcast_to(np.asarray(prep.get("std", [1.0]), np.float64), (channels,)).reshape(1, -1, 1, 1)
+    return (x * prep.get("scale", 1.0) - mean) / std
+
+
+# ---- one layer of a normalized spec ----------------------------------------------------------------
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (v[0], v[1])
+
+
+def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Apply one normalized layer dict; `params` holds its tensors by short name (weight, bias, ...)."""
+    kind = layer["type"]
+    if kind == "Conv2D":
+        k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
+        pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], k, s, d)
+        z = conv2d(x, params["weight"], params.get("bias"), s, d, pads, layer.get("groups", 1))
+        return activation(z, layer.get("activation"))
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        pool = _pair(layer.get("pool_size", 2))
+        strides = _pair(layer.get("strides") or pool)
+        pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], pool, strides, (1, 1))
+        return (max_pool if kind == "MaxPooling2D" else avg_pool)(x, pool, strides, pads)
+    if kind == "GlobalAveragePooling2D":
+        return np.mean(x, axis=(2, 3))
+    if kind == "GlobalMaxPooling2D":
+        return np.max(x, axis=(2, 3))
+    if kind == "Flatten":
+        return flatten(x)
+    if kind == "Dense":
+        return activation(dense(x, params["weight"], params.get("bias")), layer.get("activation"))
+    if kind == "Dropout":
+        return x  # inference
+    if kind == "Activation":
+        return activation(x, layer.get("activation"))
+    if kind == "BatchNormalization":
+        c = x.shape[1]
+        gamma, beta = params.get("weight", np.ones(c)), params.get("bias", np.zeros(c))
+        return batchnorm(x, gamma, beta, params["running_mean"], params["running_var"], layer.get("epsilon", 1e-3))
+    if kind == "ZeroPadding2D":
+        p = layer["padding"]
+        (top, bottom), (left, right) = ((p, p), (p, p)) if isinstance(p, int) else p
+        return pad_nchw(np.asarray(x, np.float64), (top, bottom, left, right))
+    raise ValueError(f"no reference for layer kind {kind!r}")
+
+
+def forward(spec: dict, params: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run a normalized spec on raw NCHW pixels; returns (output, every layer's output)."""
+    y = preprocess(x, spec.get("preprocess"))
+    outputs = []
+    for layer in spec["layers"]:
+        prefix = layer["name"] + "."
+        own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        y = layer_forward(layer, own, y)
+        outputs.append(y)
+    return y, outputs
+
+
+def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """float32 parameters that exercise every term (non-trivial BN statistics, non-zero biases).
+
+    Weights are scaled by 1/sqrt(fan-in) so activations stay O(1) through a deep stack.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in shapes.items():
+        if name.endswith("running_var"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif name.endswith("weight") and len(shape) > 1:
+            value = rng.standard_normal(shape) / math.sqrt(math.prod(shape[1:]))
+        else:
+            value = rng.normal(0.0, 0.5, shape)
+        params[name] = value.astype(np.float32)
+    return params
