@@ -138,9 +138,7 @@ def export_artifacts_cmd(
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"'{folder}' is a file; export-artifacts writes into a folder")
-    loaded = load_spec(spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in export_artifacts(loaded, folder, seed=seed):
+    for path in export_artifacts(load_spec(spec), folder, seed=seed):
         print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
 
 

@@ -1,0 +1,609 @@
+"""The `ort-training` backend: train through onnxruntime-training 1.19.2's artifacts (an optional extra).
+
+onnxruntime-training is frozen at 1.19.2 (Python <= 3.11, CPU wheel `onnxruntime-training-cpu`) and installs
+its own `onnxruntime` module, so it lives in its own environment (SETUP below). Four quirks shape this file:
+
+- `onnxruntime.training.__init__` imports torch. `artifacts` and `api` do not need it, so `load_ort_training`
+  registers a bare package object for `onnxruntime.training` (its `__path__` only) and imports the two
+  submodules from it: the package `__init__` never runs.
+- Artifacts written by a current onnx carry IR version 14; ORT 1.19.2 loads IR <= 10. Every artifact is
+  re-stamped with the lowest IR version its opsets need (the graphs use nothing newer).
+- Its gradient builder crashes (SIGFPE) on AveragePool and has no gradient for GlobalMaxPool, Elu, or
+  BatchNormalization in training mode. The graph given to it lowers the first three differently (see
+  `_lower_layer`) and `unsupported` refuses BatchNormalization before any work. Generating the artifacts and
+  one smoke step run in a child process, so a native crash becomes a clear error, never a dead CLI.
+- Its CrossEntropyLoss reads logits: a final softmax is left out of the graph it differentiates.
+
+The result is the compile contract's inference model (`build_inference_model`) with the trained weights,
+not ORT's `export_model_for_inferencing`, whose graph would carry the lowered ops above.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CnnspecError, Issue, SpecError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..analysis import Report
+    from ..spec import Spec
+
+ORT_TRAINING_VERSION = "1.19.2"
+MAX_IR_VERSION = 10  # the newest IR version onnxruntime 1.19.2 loads
+ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+LOGITS, LABELS = "output", "labels"
+CHILD_TIMEOUT_S = 600
+SETUP = f"""python3.11 -m venv .venv-ort-training
+.venv-ort-training/bin/pip install onnxruntime-training-cpu=={ORT_TRAINING_VERSION} "onnx>=1.21" numpy \\
+    pydantic pyyaml typer rich pillow
+.venv-ort-training/bin/pip install --no-deps -e .
+.venv-ort-training/bin/cnnspec train SPEC --data DATA -o OUT.onnx --backend ort-training"""
+
+
+class BackendMissing(CnnspecError):
+    """onnxruntime-training is not importable here."""
+
+
+# ---- importing onnxruntime.training without its torch-importing __init__ -----------------------------------
+
+
+def load_ort_training() -> tuple[types.ModuleType, types.ModuleType]:
+    """(artifacts, api) from onnxruntime-training, or BackendMissing with the commands that install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    folder = Path(onnxruntime.__file__).parent / "training" if onnxruntime else None
+    if folder is None or not (folder / "artifacts.py").is_file():
+        found = f"onnxruntime {onnxruntime.__version__} without training" if onnxruntime else "no onnxruntime"
+        raise BackendMissing(
+            f"--backend ort-training and export-artifacts need onnxruntime-training {ORT_TRAINING_VERSION}, which "
+            f"is not installed in this environment ({sys.executable}: {found}). It replaces the `onnxruntime` "
+            "module and needs Python <= 3.11, so it gets its own environment; from the cnnspec checkout run "
+            f"(or `bash .ci/ort_training_env.sh`, which does the same):\n{SETUP}\n"
+            "Or train with the default --backend native (docs/ort-training.md)."
+        )
+    onnxruntime.set_default_logger_severity(3)  # its warnings (unused initializers in eval) are not the user's
+    if "onnxruntime.training" not in sys.modules:
+        # A bare package: the submodules import from its folder; its __init__ (which imports torch) never runs.
+        package = types.ModuleType("onnxruntime.training")
+        package.__path__ = [str(folder)]
+        package.__package__ = "onnxruntime.training"
+        sys.modules["onnxruntime.training"] = package
+    artifacts = importlib.import_module("onnxruntime.training.artifacts")
+    api = importlib.import_module("onnxruntime.training.api")
+    return artifacts, api
+
+
+# ---- what this backend refuses, before any work -----------------------------------------------------------
+
+
+def unsupported(spec: Spec) -> list[Issue]:
+    """Layers and training settings onnxruntime-training cannot train, each with the reason and a fix."""
+    from ..spec import layer_label, layer_names
+
+    issues = []
+    for index, (layer, name) in enumerate(zip(spec.layers, layer_names(spec.layers), strict=True)):
+        if layer.type == "BatchNormalization":
+            issues.append(
+                Issue(
+                    f"{layer_label(index, layer.type, name)}: --backend ort-training cannot train "
+                    "BatchNormalization: onnxruntime-training 1.19.2 has no gradient for it in training mode "
+                    "(batch statistics). Hint: use --backend native, or remove the layer",
+                    index,
+                    "type",
+                )  # fmt: skip
+            )
+    training = spec.training
+    if training and training.optimizer in ("momentum", "nesterov"):
+        issues.append(
+            Issue(
+                f"training.optimizer: --backend ort-training has no '{training.optimizer}' optimizer "
+                "(onnxruntime-training 1.19.2 offers plain SGD and AdamW). Hint: optimizer sgd, adam or adamw, "
+                "or --backend native",
+                None,
+                "training.optimizer",
+            )  # fmt: skip
+        )
+    if training and training.label_smoothing > 0:
+        issues.append(
+            Issue(
+                "training.label_smoothing: --backend ort-training's CrossEntropyLoss has no label smoothing. "
+                "Hint: label_smoothing: 0, or --backend native",
+                None,
+                "training.label_smoothing",
+            )  # fmt: skip
+        )
+    return issues
+
+
+def check_supported(spec: Spec) -> None:
+    issues = unsupported(spec)
+    if issues:
+        raise SpecError(issues)
+
+
+# ---- the graph onnxruntime-training differentiates --------------------------------------------------------
+
+
+def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], seed: int = 0) -> onnx.ModelProto:
+    """The inference graph with Dropout active, no final softmax (the loss reads logits) and the layers ORT
+    cannot differentiate lowered to ops it can. Input `input` raw pixels, output `output` logits."""
+    from onnx import TensorProto, helper
+
+    from ..builder import GraphBuilder
+    from ..compiler import DEFAULT_OPSET, INPUT_NAME, lower_preprocess
+    from ..layers import Lowering
+    from ..shapes import hwc_to_chw
+
+    g = GraphBuilder(DEFAULT_OPSET)
+    for name, value in params.items():
+        g.initializer(name, value)
+    x = lower_preprocess(g, spec, INPUT_NAME)
+    last = len(spec.layers) - 1
+    for index, (row, layer) in enumerate(zip(report.layers, spec.layers, strict=True)):
+        if index == last and getattr(layer, "activation", None) == "softmax":
+            layer = layer.model_copy(update={"activation": None})  # NOTE: the loss applies the softmax
+        names = {key: f"{row.name}.{key}" for key in row.param_shapes}
+        ctx = Lowering(row.name, row.input_shape, row.output_shape, names, False)
+        start = len(g.nodes)
+        x = _lower_layer(g, layer, x, ctx, seed + index)
+        _rewrite_elu(g, start)
+    x = g.op("Identity", [x], "logits")
+    g.nodes[-1].output[0] = LOGITS
+    c, h, w = hwc_to_chw(spec.input_shape)
+    graph = helper.make_graph(
+        g.nodes,
+        spec.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", c, h, w])],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", DEFAULT_OPSET)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+def _lower_layer(g, layer, x: str, ctx, seed: int) -> str:
+    if layer.type == "Dropout":
+        if layer.rate == 0:
+            return x
+        # Training mode as the third input: ORT's eval model blanks it, so evaluation does not drop.
+        ratio, on = _scalar(g, ctx.name, np.float32(layer.rate)), _scalar(g, ctx.name, np.bool_(True))
+        # ORT's Dropout gradient reads the mask: the node needs its second output.
+        return g.op("Dropout", [x, ratio, on], ctx.name, outputs=2, seed=int(seed))[0]
+    if layer.type == "GlobalMaxPooling2D":
+        # NOTE: ORT has no GlobalMaxPool gradient; a MaxPool whose window is the whole map is the same op.
+        h, w = ctx.in_shape[0], ctx.in_shape[1]
+        pooled = g.op("MaxPool", [x], ctx.name, kernel_shape=[h, w], strides=[1, 1])
+        return g.op("Flatten", [pooled], ctx.name, axis=1)
+    if layer.type == "AveragePooling2D":
+        return _average_pool_as_conv(g, layer, x, ctx)
+    return layer.lower(g, x, ctx)
+
+
+def _scalar(g, scope: str, value: Any) -> str:
+    """A 0-d constant (GraphBuilder.constant goes through ascontiguousarray, which makes it 1-d)."""
+    from onnx import numpy_helper
+
+    name = g.unique(f"{scope}/const")
+    g.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def _average_pool_as_conv(g, layer, x: str, ctx) -> str:
+    """AveragePool as a depthwise Conv with a fixed kernel of ones, then a division by each window's count.
+
+    ORT's AveragePool gradient crashes (SIGFPE). Keras's 'same' average divides by the real (unpadded) pixels
+    in each window: y[i, j] = sum(window ∩ image) / count[i, j], so the divisor is a fixed (OH, OW) map.
+    """
+    (h, w, c), (oh, ow, _) = ctx.in_shape, ctx.out_shape
+    (kh, kw), (sh, sw) = layer.pool_size, layer.stride_pair
+    top, left, bottom, right = layer.pads(ctx.in_shape)
+    rows = [min(i * sh - top + kh, h) - max(i * sh - top, 0) for i in range(oh)]
+    cols = [min(j * sw - left + kw, w) - max(j * sw - left, 0) for j in range(ow)]
+    inverse = 1.0 / np.outer(rows, cols).reshape(1, 1, oh, ow)
+    ones = g.constant(ctx.name, np.ones((c, 1, kh, kw)))
+    summed = g.op("Conv", [x, ones], ctx.name, kernel_shape=[kh, kw], strides=[sh, sw], group=c,
+                  pads=[top, left, bottom, right])  # fmt: skip
+    return g.op("Mul", [summed, g.constant(ctx.name, inverse)], ctx.name)
+
+
+def _rewrite_elu(g, start: int) -> None:
+    """Replace Elu (no ORT gradient) by ops that have one: elu(x) = relu(x) + exp(-relu(-x)) - 1.
+
+    exp(-relu(-x)) = exp(min(x, 0)) never overflows; for x > 0 the terms give x + 1 - 1, for x <= 0 exp(x) - 1.
+    """
+    from onnx import helper
+
+    for i in range(len(g.nodes) - 1, start - 1, -1):
+        node = g.nodes[i]
+        if node.op_type != "Elu":
+            continue
+        scope, (x,), (y,) = node.name.rsplit("/", 1)[0], node.input, node.output
+        before, after = g.nodes[:i], g.nodes[i + 1 :]
+        g.nodes = before
+        negative_part = g.op("Neg", [g.op("Relu", [g.op("Neg", [x], scope)], scope)], scope)
+        total = g.op("Add", [g.op("Relu", [x], scope), g.op("Exp", [negative_part], scope)], scope)
+        g.nodes.append(helper.make_node("Sub", [total, g.constant(scope, 1.0)], [y], name=g.unique(f"{scope}/Sub")))
+        g.nodes += after
+
+
+# ---- the four artifacts, made in a child process ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """What `generate_artifacts` bakes into the optimizer model (the learning rate is set per step)."""
+
+    kind: str = "sgd"  # sgd | adamw (Adam is AdamW without weight decay)
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    weight_decay: float = 0.0
+
+    @classmethod
+    def of(cls, spec: Spec) -> OptimizerConfig:
+        t = spec.training
+        if t is None:
+            from ..spec import Training
+
+            t = Training()
+        if t.optimizer == "sgd":
+            return cls("sgd")
+        decay = t.weight_decay if t.optimizer == "adamw" else 0.0
+        return cls("adamw", t.beta_1, t.beta_2, t.epsilon, decay)
+
+
+def generate_artifacts(model: onnx.ModelProto, trainable: list[str], optimizer: OptimizerConfig, folder: Path) -> None:
+    """Write the four artifacts into `folder` (a private temp folder) through a child process.
+
+    The child generates them, re-stamps their IR version and runs one smoke step; a signal or an error in it
+    (a crash in ORT's native gradient builder) becomes a CnnspecError here.
+    """
+    load_ort_training()  # the missing-package message, before any work
+    (folder / "base.onnx").write_bytes(model.SerializeToString())
+    (folder / "config.json").write_text(json.dumps({"trainable": trainable, "optimizer": optimizer.__dict__}))
+    code = "import sys; from cnnspec.training.ort_backend import _child_main; sys.exit(_child_main(sys.argv[1]))"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise CnnspecError(
+            f"onnxruntime-training did not build the training artifacts in {CHILD_TIMEOUT_S} s"
+        ) from None
+    if done.returncode == 0:
+        return
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        why = f"crashed with {name} while building or testing the training graph"
+    else:
+        why = "failed: " + _child_error(done.stderr, done.returncode)
+    raise CnnspecError(f"onnxruntime-training {why}. Hint: --backend native trains every cnnspec layer")
+
+
+def _child_error(stderr: str, code: int) -> str:
+    """The child's last error line, without ORT's C++ signatures."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {code}"
+    missing = re.search(r"has not been registered: (\w+) for node (\S+?)\.?$", last)
+    if missing:
+        return f"it has no gradient for {missing.group(1)} (node {missing.group(2)})"
+    return last if len(last) <= 400 else last[:397] + "..."
+
+
+def _child_main(folder: str) -> int:
+    """In the child: generate, re-stamp to IR <= 10, and run one step on a tiny zero batch."""
+    import onnx
+
+    artifacts, api = load_ort_training()
+    out = Path(folder)
+    config = json.loads((out / "config.json").read_text())
+    model = onnx.load_model(str(out / "base.onnx"))
+    opt = config["optimizer"]
+    if opt["kind"] == "sgd":
+        block = artifacts.OptimType.SGD
+    else:
+        from onnxruntime.training.onnxblock.optim import AdamW
+
+        block = AdamW(betas=(opt["beta_1"], opt["beta_2"]), eps=opt["epsilon"], weight_decay=opt["weight_decay"])
+    artifacts.generate_artifacts(
+        model, requires_grad=config["trainable"], loss=artifacts.LossType.CrossEntropyLoss, optimizer=block,
+        artifact_directory=out, additional_output_names=[LOGITS],
+    )  # fmt: skip
+    for name in ARTIFACTS[:3]:
+        _restamp_ir(out / name)
+    trainer = OrtTrainer(out, api)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x, y = np.zeros((2, *dims), np.float32), np.zeros(2, np.int64)
+    trainer.module.train()
+    trainer.module(x, y)
+    trainer.module.eval()
+    trainer.module(x, y)
+    return 0
+
+
+def _restamp_ir(path: Path) -> None:
+    """onnx >= 1.17 writes IR 11+; ORT 1.19.2 refuses it. The artifacts' ops need nothing past IR 10."""
+    import onnx
+
+    model = onnx.load_model(str(path))
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+        path.write_bytes(model.SerializeToString())
+
+
+def export_artifacts(spec: Spec, folder: Path, seed: int = 0) -> list[Path]:
+    """`cnnspec export-artifacts`: the four artifacts for on-device training, initial weights from `seed`."""
+    from ..analysis import check
+    from ..compiler import initial_params
+    from ..files import atomic_write
+
+    load_ort_training()
+    report = check(spec)
+    check_supported(spec)
+    params = initial_params(spec, report, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+        model = training_graph(spec, report, params, seed)
+        generate_artifacts(model, trainable(spec, report), OptimizerConfig.of(spec), Path(temp))
+        for name in ARTIFACTS:
+            atomic_write(folder / name, (Path(temp) / name).read_bytes())
+            written.append(folder / name)
+    return written
+
+
+def trainable(spec: Spec, report: Report) -> list[str]:
+    return [
+        f"{row.name}.{key}"
+        for row, layer in zip(report.layers, spec.layers, strict=True)
+        for key in row.param_shapes
+        if key not in layer.non_trainable
+    ]
+
+
+# ---- training through onnxruntime.training.api -------------------------------------------------------------
+
+
+class OrtTrainer:
+    """CheckpointState + Module + Optimizer over one artifacts folder."""
+
+    def __init__(self, folder: Path, api: types.ModuleType, checkpoint: Path | None = None) -> None:
+        self.state = api.CheckpointState.load_checkpoint(str(checkpoint or folder / "checkpoint"))
+        self.module = api.Module(str(folder / ARTIFACTS[0]), self.state, str(folder / ARTIFACTS[1]), device="cpu")
+        self.optimizer = api.Optimizer(str(folder / ARTIFACTS[2]), self.module)
+
+    def step(self, x: np.ndarray, y: np.ndarray, learning_rate: float) -> tuple[float, int]:
+        """One optimizer step on a batch; (mean loss, correct predictions) before the update."""
+        self.module.train()
+        self.optimizer.set_learning_rate(learning_rate)
+        loss, logits = self.module(x, y)
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return float(loss), int((logits.argmax(axis=1) == y).sum())
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+        """(mean loss, accuracy) in eval mode (Dropout off)."""
+        self.module.eval()
+        total, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            loss, logits = self.module(xb, yb)
+            total += float(loss) * len(xb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+        return total / max(len(x), 1), correct / max(len(x), 1)
+
+    def params(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {name: self.state.parameters[name].data.copy() for name in names}
+
+    def checkpoint_bytes(self) -> bytes:
+        """The ORT checkpoint (weights and optimizer state) as bytes, for an atomic write."""
+        with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+            path = Path(temp) / "state"
+            type(self.state).save_checkpoint(self.state, str(path), include_optimizer_state=True)
+            return path.read_bytes()
+
+
+def one_step(
+    spec: Spec,
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    learning_rate: float,
+    optimizer: str = "sgd",
+) -> dict[str, np.ndarray]:
+    """One optimizer step of onnxruntime-training from `params` on the batch (x raw NCHW pixels, y labels):
+    the same contract as `cnnspec.training.native.one_step`, for the cross-check of the two backends."""
+    from ..analysis import check
+
+    report = check(spec)
+    check_supported(spec)
+    config = OptimizerConfig.of(
+        spec.model_copy(update={"training": _training(spec).model_copy(update={"optimizer": optimizer})})
+    )
+    _, api = load_ort_training()
+    with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+        generate_artifacts(training_graph(spec, report, params), trainable(spec, report), config, Path(temp))
+        trainer = OrtTrainer(Path(temp), api)
+        trainer.step(np.asarray(x, np.float32), np.asarray(y, np.int64), learning_rate)
+        return trainer.params(list(params))
+
+
+def _training(spec: Spec):
+    from ..spec import Training
+
+    return spec.training or Training()
+
+
+def learning_rate_at(training, epoch: int, epochs: int) -> float:
+    """The schedule: constant; step (x step_gamma every step_epochs); cosine from the rate to 0 over the run."""
+    rate = training.resolved_learning_rate
+    if training.schedule == "step":
+        return rate * training.step_gamma ** (epoch // training.step_epochs)
+    if training.schedule == "cosine":
+        return 0.5 * rate * (1 + math.cos(math.pi * epoch / epochs))
+    return rate
+
+
+def train(
+    spec: Spec,
+    train_data: Any,
+    output: Path,
+    *,
+    val_data: Any = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    metrics_json: Path | None = None,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """`cnnspec train --backend ort-training`: the native loop's outputs through onnxruntime-training.
+
+    `train_data`/`val_data` have `x` (float32 raw NCHW) and `y` (int64); `overrides` are Training fields
+    (epochs, batch_size, learning_rate, seed, patience, ...) from the command line. Writes `output` (the
+    inference model of the compile contract), `metrics_json` and per-epoch checkpoints; returns the metrics.
+    """
+    from ..analysis import check
+    from ..compiler import build_inference_model, initial_params, model_bytes
+    from ..files import atomic_write
+
+    report = check(spec)
+    check_supported(spec)
+    training = _training(spec).model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    spec = spec.model_copy(update={"training": training})
+    _, api = load_ort_training()
+    names = [f"{row.name}.{key}" for row in report.layers for key in row.param_shapes]
+    with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+        folder = Path(temp)
+        params = initial_params(spec, report, training.seed)
+        generate_artifacts(training_graph(spec, report, params, training.seed), trainable(spec, report),
+                           OptimizerConfig.of(spec), folder)  # fmt: skip
+        run = _Run(training, checkpoint_dir)
+        trainer = OrtTrainer(folder, api, run.resume_from() if resume else None)
+        best = run.loop(trainer, names, train_data, val_data)
+    atomic_write(output, model_bytes(build_inference_model(spec, report, best)))
+    if metrics_json is not None:
+        atomic_write(metrics_json, (json.dumps(run.metrics, indent=1) + "\n").encode())
+    return run.metrics
+
+
+class _Run:
+    """The epoch loop's state: metrics, early stopping and the checkpoint folder.
+
+    A checkpoint is `epoch-NNNNNN.ortckpt` (ORT's weights and optimizer state), `epoch-NNNNNN.json` (epoch,
+    metrics, early-stopping state) and, with patience, `best.npz`; `LATEST` names the newest and is written
+    last (the commit point). Shuffling is seeded by (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, training: Any, folder: Path | None) -> None:
+        self.training, self.folder = training, folder
+        self.metrics: list[dict[str, Any]] = []
+        self.start, self.best_loss, self.waited = 0, math.inf, 0
+        self.best: dict[str, np.ndarray] | None = None
+
+    def resume_from(self) -> Path | None:
+        from ..errors import UsageError
+
+        if self.folder is None:
+            raise UsageError("--resume needs --checkpoint-dir (the folder of an earlier run's checkpoints)")
+        marker = self.folder / "LATEST"
+        if not marker.is_file():
+            return None  # nothing saved yet: start from the beginning
+        stem = marker.read_text().strip()
+        info = json.loads((self.folder / f"{stem}.json").read_text())
+        self.metrics, self.start = info["metrics"], info["epoch"]
+        self.best_loss, self.waited = info["best_loss"], info["waited"]
+        if (self.folder / "best.npz").is_file():
+            with np.load(self.folder / "best.npz", allow_pickle=False) as saved:
+                self.best = {name: saved[name] for name in saved.files}
+        return self.folder / f"{stem}.ortckpt"
+
+    def loop(self, trainer: OrtTrainer, names: list[str], train_data: Any, val_data: Any) -> dict[str, np.ndarray]:
+        t = self.training
+        for epoch in range(self.start, t.epochs):
+            began = time.perf_counter()
+            rate = learning_rate_at(t, epoch, t.epochs)
+            row = self._epoch(trainer, train_data, epoch, rate)
+            if val_data is not None and len(val_data.y):
+                row["val_loss"], row["val_accuracy"] = trainer.evaluate(val_data.x, val_data.y, t.batch_size)
+            row["seconds"] = round(time.perf_counter() - began, 4)
+            self.metrics.append(row)
+            stop = self._early_stopping(row, trainer, names)
+            self._checkpoint(trainer, epoch + 1)
+            self._show(row)
+            if stop:
+                break
+        return self.best if self.best is not None else trainer.params(names)
+
+    def _epoch(self, trainer: OrtTrainer, data: Any, epoch: int, rate: float) -> dict[str, Any]:
+        size, n = self.training.batch_size, len(data.y)
+        order = np.random.default_rng([self.training.seed, epoch]).permutation(n)
+        total, correct = 0.0, 0
+        for start in range(0, n, size):
+            batch = order[start : start + size]
+            loss, hits = trainer.step(data.x[batch], data.y[batch], rate)
+            total, correct = total + loss * len(batch), correct + hits
+        return {"epoch": epoch + 1, "train_loss": total / n, "train_accuracy": correct / n,
+                "val_loss": None, "val_accuracy": None}  # fmt: skip
+
+    def _early_stopping(self, row: dict[str, Any], trainer: OrtTrainer, names: list[str]) -> bool:
+        """With patience: keep the weights of the best monitored loss (val_loss, else train_loss)."""
+        if self.training.patience is None:
+            return False
+        loss = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
+        if loss < self.best_loss:
+            self.best_loss, self.waited, self.best = loss, 0, trainer.params(names)
+            if self.folder is not None:
+                self._write("best.npz", _npz_bytes(self.best))
+            return False
+        self.waited += 1
+        return self.waited >= self.training.patience
+
+    def _checkpoint(self, trainer: OrtTrainer, epoch: int) -> None:
+        if self.folder is None:
+            return
+        stem = f"epoch-{epoch:06d}"
+        self._write(f"{stem}.ortckpt", trainer.checkpoint_bytes())
+        info = {"epoch": epoch, "metrics": self.metrics, "best_loss": self.best_loss, "waited": self.waited}
+        self._write(f"{stem}.json", json.dumps(info).encode())
+        self._write("LATEST", (stem + "\n").encode())  # last: the commit point
+        for old in self.folder.glob("epoch-*"):
+            if not old.name.startswith(stem):
+                old.unlink(missing_ok=True)
+
+    def _write(self, name: str, data: bytes) -> None:
+        from ..files import atomic_write
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / name, data)
+
+    def _show(self, row: dict[str, Any]) -> None:
+        if not sys.stderr.isatty():
+            return
+        val = f", val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
+        print(f"epoch {row['epoch']}/{self.training.epochs}: loss {row['train_loss']:.4f} "
+              f"acc {row['train_accuracy']:.4f}{val} ({row['seconds']:.2f} s)", file=sys.stderr)  # fmt: skip
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

@@ -1,0 +1,58 @@
+"""Tests that run inside the onnxruntime-training environment that `.ci/ort_training_env.sh` makes.
+
+    bash .ci/ort_training_env.sh
+    CNNSPEC_ORT_TRAINING=1 .venv-ort-training/bin/python -m pytest tests/ort_training --confcutdir tests/ort_training
+
+With CNNSPEC_ORT_TRAINING=1 (as CI runs them) a missing or broken onnxruntime-training fails every test: it
+is never skipped. Without it, in an environment that lacks the package (cnnspec's main one), the folder is
+not collected at all: the main environment's side is tests/test_ort_backend_main_env.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from ort_helpers import ROOT
+
+from cnnspec.data import Dataset
+from cnnspec.training.ort_backend import BackendMissing, load_ort_training
+
+REQUIRED = os.environ.get("CNNSPEC_ORT_TRAINING") == "1"
+
+
+def _available() -> bool:
+    try:
+        load_ort_training()
+    except BackendMissing:
+        return False
+    return True
+
+
+if not REQUIRED and not _available():
+    collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_report_header(config) -> str:
+    import onnxruntime
+
+    return f"ort-training env: onnxruntime {onnxruntime.__version__} (required: {REQUIRED})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ort_training():
+    """(artifacts, api); raises (so every test fails) when the package is missing or broken."""
+    return load_ort_training()
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[Dataset, Dataset]:
+    """scikit-learn's 8x8 digits with the project's fixed 80/20 split (examples/digits_data.py)."""
+    spec = importlib.util.spec_from_file_location("digits_data", ROOT / "examples" / "digits_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x_train, y_train, x_test, y_test = module.digits_split()
+    as_nchw = lambda x: x[:, None].astype(np.float32)  # noqa: E731 - (N, 8, 8) -> (N, 1, 8, 8)
+    return Dataset(as_nchw(x_train), y_train, []), Dataset(as_nchw(x_test), y_test, [])
