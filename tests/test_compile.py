@@ -437,3 +437,25 @@ def test_golden_text_form(name: str) -> None:
         path.write_text(text, encoding="utf-8")
     assert path.exists(), f"{path} is missing: run CNNSPEC_REGEN_GOLDEN=1 pytest {__file__}"
     assert text == path.read_text(encoding="utf-8"), f"regenerate with CNNSPEC_REGEN_GOLDEN=1 if intended: {path}"
+
+
+# ---- what onnxruntime makes of the graph (speed: fusions, not timings) -----------------------------------
+
+
+def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+
+
+def test_onnxruntime_fuses_the_lowering(tmp_path: Path) -> None:
+    """Conv+BN+Relu become one Conv, Dense+Relu one FusedGemm, the erf Gelu below opset 20 one Gelu."""
+    layers = [{"type": "Conv2D", "filters": 8, "kernel_size": 3}, {"type": "BatchNormalization"},
+              {"type": "Activation", "activation": "relu"}, {"type": "Conv2D", "filters": 4, "kernel_size": 3,
+              "activation": "gelu"}, {"type": "Flatten"}, {"type": "Dense", "units": 6, "activation": "relu"},
+              {"type": "Dense", "units": 2, "activation": "gelu"}]  # fmt: skip
+    ops = optimized_ops(compiled({"name": "fuse", "input": {"shape": [8, 8, 3]}, "layers": layers}), tmp_path)
+    assert "BatchNormalization" not in ops and "Relu" not in ops and "Erf" not in ops
+    assert ops.count("Gelu") == 2 and "FusedGemm" in ops

@@ -37,8 +37,9 @@ def lower_activation(g: GraphBuilder, x: str, activation: str | None, scope: str
     if activation == "gelu":
         if g.opset >= 20:
             return g.op("Gelu", [x], scope, approximate="none")
-        # 0.5 * x * (1 + erf(x / sqrt(2))), the exact form, for opsets without Gelu
-        erf = g.op("Erf", [g.op("Mul", [x, g.constant(scope, 1 / math.sqrt(2))], scope)], scope)
+        # 0.5 * x * (1 + erf(x / sqrt(2))), the exact form, for opsets without Gelu. Div (not Mul by
+        # 1/sqrt(2)): onnxruntime's GeluFusion matches only this form and runs one fused Gelu kernel.
+        erf = g.op("Erf", [g.op("Div", [x, g.constant(scope, math.sqrt(2))], scope)], scope)
         half_x = g.op("Mul", [x, g.constant(scope, 0.5)], scope)
         return g.op("Mul", [half_x, g.op("Add", [erf, g.constant(scope, 1.0)], scope)], scope)
     raise ValueError(f"unknown activation {activation!r}")
