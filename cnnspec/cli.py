@@ -193,7 +193,10 @@ def run(
         print(results_json(results))
     else:
         render_results(results, _console())
-    raise typer.Exit(1 if any(r.error is not None for r in results) else 0)
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        print(f"error: {failed} of {len(results)} image(s) could not be classified", file=sys.stderr)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
@@ -220,6 +223,46 @@ def evaluate(
     dataset = load_dataset(data, (h, w, c), labels=clf.labels if named else None, num_classes=clf.classes)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
+
+
+
+OptPath = Optional[Path]
+_LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")
+_SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile --seed), shuffling and dropout.")
+_BACKEND = typer.Option(help="native (cnnspec's own train-step graph) or ort-training (optional extra).")
+_RESUME = typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.")
+
+
+@app.command()
+def train(
+    spec: SpecPath,
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the trained .onnx model.")],
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=100_000, help="Overrides training.epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Overrides training.batch_size.")] = None,
+    learning_rate: Annotated[Optional[float], _LR] = None,
+    seed: Annotated[Optional[int], _SEED] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction (0..1) for validation.")] = None,
+    val: Annotated[OptPath, typer.Option("--val", help="A separate validation data set.")] = None,
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
+    backend: Annotated[Literal["native", "ort-training"], _BACKEND] = "native",
+    checkpoint_dir: Annotated[OptPath, typer.Option(help="Save a checkpoint here every epoch.")] = None,
+    resume: Annotated[bool, _RESUME] = False,
+    metrics_json: Annotated[OptPath, typer.Option(help="Write per-epoch metrics as JSON.")] = None,
+    export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
+) -> None:
+    """Train a spec on labelled images; write the inference model with the trained weights."""
+    from .training.command import train_command
+
+    if val_split is not None and not 0 < val_split < 1:
+        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="--val-split")
+    if learning_rate is not None and learning_rate <= 0:
+        raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="--learning-rate")
+    train_command(
+        spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
+        metrics_json=metrics_json, export_train_step=export_train_step, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, val_split=val_split,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,6 +70,14 @@ _KNOWN_MAGIC = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
+_ALLOWED_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 _OPAQUE = {"1": "L", "L": "L", "P": "RGB", "RGB": "RGB", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
 _ALPHA = {"RGBA", "LA"}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -94,7 +102,7 @@ def read_image_bytes(path: str | Path) -> bytes:
         raise ImageError(f"'{path}' is not a regular file (it is a directory)") from None
     except OSError as exc:
         raise ImageError(f"'{path}' cannot be opened: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)  # the file actually opened, not whatever the name points at now
         if stat.S_ISDIR(info.st_mode):
             raise ImageError(f"'{path}' is not a regular file (it is a directory)")
@@ -102,7 +110,10 @@ def read_image_bytes(path: str | Path) -> bytes:
             raise ImageError(f"'{path}' is not a regular file (a device, FIFO or socket)")
         if info.st_size > MAX_IMAGE_BYTES:
             raise ImageError(f"'{path}' is {info.st_size / (1 << 20):.0f} MiB; limit {MAX_IMAGE_BYTES >> 20} MiB")
-        return f.read(MAX_IMAGE_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_IMAGE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def open_image(data: bytes, source: str) -> Image.Image:
@@ -135,6 +146,9 @@ def _bomb_error(source: str, pillow_message: str) -> ImageError:
 
 
 def _unidentified(data: bytes, source: str) -> ImageError:
+    for magic, name in _ALLOWED_MAGIC:
+        if data.startswith(magic):  # an allowed format whose header Pillow could not even parse: cut short
+            return ImageError(f"'{source}': image file is truncated or corrupt (a {name} whose header does not parse)")
     for magic, name in _KNOWN_MAGIC:
         if data.startswith(magic):
             return ImageError(f"'{source}': unsupported image format {name} (allowed: {allowed_text()})")

@@ -43,9 +43,6 @@ def render_results(results: list[Result], console: Any) -> None:
         others = ", ".join(f"{printable(p.label)} {p.score:.3f}" for p in rest)
         table.add_row(Text(printable(r.path)), Text(printable(top.label)), Text(f"{top.score:.4f}"), Text(others))
     console.print(table)
-    failed = sum(r.error is not None for r in results)
-    if failed:
-        console.print(Text(f"{failed} of {len(results)} image(s) failed", style="red"))
 
 
 def evaluation_json(ev: Evaluation) -> str:

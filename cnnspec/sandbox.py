@@ -70,6 +70,7 @@ def _read_until_exit(fd: int, timeout_s: float) -> str:
 def _child(data: bytes, info: ModelInfo, write_fd: int) -> None:
     code = 0
     try:
+        _quiet_stderr()
         _limit_memory(len(data))
         if os.environ.get(TEST_HOOK) == "crash_inference_worker":
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -88,10 +89,23 @@ def _child(data: bytes, info: ModelInfo, write_fd: int) -> None:
     os._exit(code)  # no atexit handlers, no flushing of the parent's copied stdio buffers
 
 
+def _quiet_stderr() -> None:
+    """The child reports through the pipe only: no faulthandler dump, no native log lines on the user's terminal."""
+    import faulthandler
+
+    faulthandler.disable()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def _limit_memory(model_bytes: int) -> None:
     import resource
 
-    with open("/proc/self/statm") as f:
-        mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # no /proc (not Linux): the timeout still applies
+        return
     limit = mapped + max(MIN_ADDRESS_SPACE, 8 * model_bytes)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
