@@ -160,8 +160,8 @@ def _apply(op: str, args: list, a: dict, F, torch):
     }  # fmt: skip
     if op in simple:
         return simple[op](x)
-    if op in ("Mul", "Add"):
-        return x * args[1] if op == "Mul" else x + args[1]
+    if op in ("Mul", "Add", "Div"):  # Div: the erf Gelu below opset 20 divides by sqrt(2)
+        return x * args[1] if op == "Mul" else x + args[1] if op == "Add" else x / args[1]
     if op == "LeakyRelu":
         return F.leaky_relu(x, a.get("alpha", 0.01))
     if op == "Elu":
