@@ -1,0 +1,62 @@
+"""CUDA: the session really runs on the GPU, agrees with the CPU, and IOBinding returns the same numbers.
+
+Skipped where onnxruntime has no CUDAExecutionProvider (the CPU-only CI); run on a GPU machine with
+onnxruntime-gpu installed (see ../shared/gpu/README.md): `pytest -m cuda tests/test_cuda.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnspec.compiler import compile_spec, model_bytes
+from cnnspec.runtime import CUDA, Classifier, available_providers
+from cnnspec.spec import spec_from_data
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(CUDA not in available_providers(), reason="onnxruntime has no CUDAExecutionProvider here"),
+]
+
+SPEC = {
+    "name": "gpu",
+    "input": {"shape": [28, 28, 1]},
+    "preprocess": {"scale": 1 / 255},
+    "layers": [
+        {"type": "Conv2D", "filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "BatchNormalization"},
+        {"type": "MaxPooling2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "activation": "gelu"},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cuda") / "gpu.onnx"
+    path.write_bytes(model_bytes(compile_spec(spec_from_data(SPEC), seed=3)))
+    return str(path)
+
+
+def test_cuda_session_really_uses_cuda(model_path):
+    clf = Classifier(model_path, device="cuda")
+    assert clf.session.get_providers()[0] == CUDA
+    assert Classifier(model_path, device="auto").device == "cuda"
+
+
+@pytest.mark.parametrize("batch", [1, 64, 256])
+def test_cpu_and_cuda_agree(model_path, batch):
+    x = np.random.default_rng(batch).integers(0, 256, (batch, 1, 28, 28)).astype(np.float32)
+    cpu = Classifier(model_path, device="cpu").scores(x, batch_size=batch)
+    gpu = Classifier(model_path, device="cuda").scores(x, batch_size=batch)  # IOBinding path
+    assert np.abs(cpu - gpu).max() <= 1e-4
+    assert np.array_equal(cpu.argmax(1), gpu.argmax(1))
+
+
+def test_iobinding_equals_plain_run(model_path):
+    clf = Classifier(model_path, device="cuda")
+    x = np.random.default_rng(0).integers(0, 256, (8, 1, 28, 28)).astype(np.float32)
+    plain = clf.session.run(["output"], {"input": x})[0]
+    np.testing.assert_allclose(clf.scores(x), plain, atol=1e-6)
