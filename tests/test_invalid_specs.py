@@ -103,11 +103,9 @@ CLI_SAMPLE = [
     "unknown_layer_type",
     "unknown_layer_field",
     "bool_for_int",
-    "missing_required_fields",
     "kernel_too_large",
     "dense_on_image",
     "labels_count_mismatch",
-    "duplicate_layer_names",
 ]
 
 
