@@ -181,7 +181,7 @@ def _received(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _type_hint(value: Any) -> str:
+def _type_hint(value: Any, integer: bool) -> str:
     """The fix for a value of the wrong type where a number belongs."""
     if isinstance(value, bool):
         return " Hint: true/false is not a number here; write the number itself"
@@ -191,7 +191,7 @@ def _type_hint(value: Any) -> str:
         except ValueError:
             return " Hint: write a number"
         return f" Hint: remove the quotes ({value})"
-    if isinstance(value, float) and value.is_integer():
+    if integer and isinstance(value, float) and value.is_integer():
         return f" Hint: write the whole number {int(value)}"
     return ""
 
@@ -222,7 +222,8 @@ def _describe(error: dict, field: str) -> str:
         key = field.rpartition(".")[2]
         return f"missing required field '{field}'. Hint: add '{key}: ...'"
     if kind.startswith("cnnspec_"):
-        return f"{field} {error['msg']}" + ("." + _type_hint(value) if _type_hint(value) else "")
+        hint = _type_hint(value, kind == "cnnspec_int") or _RANGE_HINTS.get(field.rpartition(".")[2], "")
+        return f"{field} {error['msg']}" + ("." + hint if hint else "")
     if kind == "literal_error":
         expected = [e.strip().strip("'") for e in ctx.get("expected", "").replace(" or ", ",").split(",")]
         return f"{field} must be one of {ctx.get('expected')}, got {shown}{_suggest(value, expected)}"
@@ -245,6 +246,13 @@ def _describe(error: dict, field: str) -> str:
     return f"{field}: {error['msg']}, got {shown}"
 
 
+_RANGE_HINTS = {  # what a sensible value looks like, for fields whose range alone does not say it
+    "rate": " Hint: rate is the fraction of values dropped while training, e.g. 0.1 to 0.5",
+    "momentum": " Hint: BatchNormalization's running averages keep this fraction each step; Keras uses 0.99",
+    "learning_rate": " Hint: adam usually takes 0.001, sgd 0.01 to 0.1",
+    "filters": " Hint: e.g. 32",
+    "units": " Hint: e.g. 64, or the number of classes for the last layer",
+}
 _INITIALIZER_TAGS = [m.model_fields["type"].annotation.__args__[0] for m in (RandomNormal, RandomUniform, Constant)]
 _TYPES_HINT = ". Hint: type is one of " + ", ".join(LAYERS_BY_TYPE)
 _LENGTH_HINTS = {"input.shape": ". Hint: [height, width, channels], e.g. [28, 28, 1]"}
