@@ -49,6 +49,7 @@ MAX_IR_VERSION = 10  # the newest IR version onnxruntime 1.19.2 loads
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 LOGITS, LABELS = "output", "labels"
 CHILD_TIMEOUT_S = 600
+ADAMW_DEFAULT_DECAY = 0.004  # Keras's AdamW default, as cnnspec.training.optimizers
 SETUP = f"""python3.11 -m venv .venv-ort-training
 .venv-ort-training/bin/pip install onnxruntime-training-cpu=={ORT_TRAINING_VERSION} "onnx>=1.21" numpy \\
     pydantic pyyaml typer rich pillow
@@ -266,7 +267,8 @@ class OptimizerConfig:
             t = Training()
         if t.optimizer == "sgd":
             return cls("sgd")
-        decay = t.weight_decay if t.optimizer == "adamw" else 0.0
+        # As the native backend: AdamW's decay defaults to Keras's 0.004, Adam has none.
+        decay = (t.weight_decay or ADAMW_DEFAULT_DECAY) if t.optimizer == "adamw" else 0.0
         return cls("adamw", t.beta_1, t.beta_2, t.epsilon, decay)
 
 

@@ -1,0 +1,130 @@
+"""The cross-check: one SGD step of the native backend and of onnxruntime-training, from the same weights on
+the same batch, give the same weights (1e-5 relative) for every layer kind and option both support.
+
+onnxruntime-training's gradients come from its own gradient builder, written independently of cnnspec's
+backward rules, so agreement here is evidence for both. Its own side is pinned first against numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnspec.analysis import check
+from cnnspec.compiler import initial_params
+from cnnspec.spec import spec_from_data
+from cnnspec.training import ort_backend
+
+LEARNING_RATE = 0.5  # large, so that the update itself is far above float32 noise in the weights
+
+
+def native_one_step(spec, params, x, y, learning_rate):
+    try:
+        from cnnspec.training.native import one_step
+    except ImportError:  # until `native.one_step` exists: the same native train-step program, driven directly
+        one_step = _native_program_step
+    return one_step(spec, params, x, y, learning_rate, optimizer="sgd")
+
+
+def _native_program_step(spec, params, x, y, learning_rate, optimizer="sgd"):
+    from cnnspec.training.optimizers import Optimizer
+    from cnnspec.training.program import build_train_step
+    from cnnspec.training.runner import StepRunner
+
+    runner = StepRunner(build_train_step(spec, check(spec), Optimizer(optimizer)))
+    runner.load(params, {})
+    runner.step(x, y, learning_rate, 1, {})
+    return runner.params()
+
+
+def tiny_spec(layers: list[dict], last_activation: str | None = "softmax") -> dict:
+    return {
+        "name": "cross",
+        "input": {"shape": [6, 6, 2]},
+        "preprocess": {"scale": 1 / 255, "mean": [0.5, 0.4], "std": [0.25, 0.3]},
+        "layers": [*layers, {"type": "Dense", "units": 3, "activation": last_activation}],
+    }
+
+
+def conv(**kw) -> dict:
+    return {"type": "Conv2D", "filters": 4, "kernel_size": 3} | kw
+
+
+FLAT = {"type": "Flatten"}
+CASES = {
+    "dense relu": [FLAT, {"type": "Dense", "units": 5, "activation": "relu"}],
+    "dense no bias tanh": [FLAT, {"type": "Dense", "units": 5, "activation": "tanh", "use_bias": False}],
+    "conv valid sigmoid": [conv(activation="sigmoid"), FLAT],
+    "conv same stride 2 (asymmetric pads) leaky_relu": [conv(strides=2, padding="same", activation="leaky_relu"), FLAT],
+    "conv dilation 2 same elu": [conv(kernel_size=2, dilation_rate=2, padding="same", activation="elu"), FLAT],
+    "conv groups 2 gelu": [conv(kernel_size=2, groups=2, activation="gelu"), FLAT],
+    "conv explicit padding silu, no bias": [conv(padding=[1, 0], activation="silu", use_bias=False), FLAT],
+    "conv rectangular kernel stride": [conv(kernel_size=[3, 2], strides=[1, 2]), FLAT],
+    "max pool valid": [conv(activation="relu"), {"type": "MaxPooling2D", "pool_size": 2}, FLAT],
+    "max pool same stride 2": [conv(), {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, FLAT],
+    "average pool valid": [conv(), {"type": "AveragePooling2D", "pool_size": 2, "strides": 1}, FLAT],
+    "average pool same": [conv(), {"type": "AveragePooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, FLAT],
+    "global average pool": [conv(activation="tanh"), {"type": "GlobalAveragePooling2D"}],
+    "global max pool": [conv(activation="tanh"), {"type": "GlobalMaxPooling2D"}],
+    "zero padding": [{"type": "ZeroPadding2D", "padding": [[1, 0], [2, 1]]}, conv(), FLAT],
+    "activation layers": [
+        FLAT,
+        {"type": "Dense", "units": 6},
+        {"type": "Activation", "activation": "elu"},
+        {"type": "Activation", "activation": "softmax"},
+    ],  # fmt: skip
+}
+
+
+def assert_same_step(ours: dict, theirs: dict, before: dict) -> None:
+    assert ours.keys() == theirs.keys() == before.keys()
+    for name in before:
+        scale = float(np.abs(theirs[name]).max())
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+        # and the update itself, so a wrong gradient cannot hide under a large weight
+        update, reference = ours[name] - before[name], theirs[name] - before[name]
+        assert np.linalg.norm(update - reference) <= 1e-4 * np.linalg.norm(reference) + 1e-7, name
+
+
+@pytest.mark.parametrize("layers", CASES.values(), ids=CASES.keys())
+def test_one_sgd_step_matches_the_native_backend(layers):
+    spec = spec_from_data(tiny_spec(layers))
+    params = initial_params(spec, check(spec), seed=7)
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0, 255, (5, 2, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    ours = ort_backend.one_step(spec, params, x, y, LEARNING_RATE)
+    assert_same_step(ours, native_one_step(spec, params, x, y, LEARNING_RATE), params)
+
+
+def test_last_layer_without_softmax_is_taken_as_logits_by_both():
+    spec = spec_from_data(tiny_spec([FLAT], last_activation=None))
+    params = initial_params(spec, check(spec), seed=1)
+    x, y = np.random.default_rng(2).uniform(0, 255, (4, 2, 6, 6)).astype(np.float32), np.array([0, 1, 2, 1])
+    assert_same_step(ort_backend.one_step(spec, params, x, y, 0.3), native_one_step(spec, params, x, y, 0.3), params)
+
+
+def test_ort_side_against_a_numpy_sgd_step_of_a_dense_net():
+    """Flatten -> Dense(4, relu) -> Dense(3, softmax), cross-entropy on integer labels, w -= lr * dL/dw."""
+    spec = spec_from_data(tiny_spec([FLAT, {"type": "Dense", "units": 4, "activation": "relu"}]) | {"preprocess": None})
+    params = initial_params(spec, check(spec), seed=3)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 2, 6, 6)).astype(np.float32), rng.integers(0, 3, 6)
+    w1, b1, w2, b2 = (
+        params[k].astype(np.float64) for k in ("dense.weight", "dense.bias", "dense_1.weight", "dense_1.bias")
+    )
+    flat = x.reshape(len(x), -1).astype(np.float64)  # NCHW flatten, channel-major
+    hidden = np.maximum(flat @ w1.T + b1, 0)
+    logits = hidden @ w2.T + b2
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dz = (p - np.eye(3)[y]) / len(y)  # d mean CE / d logits
+    dh = (dz @ w2) * (hidden > 0)
+    grads = {
+        "dense_1.weight": dz.T @ hidden,
+        "dense_1.bias": dz.sum(0),
+        "dense.weight": dh.T @ flat,
+        "dense.bias": dh.sum(0),
+    }
+    expected = {k: params[k] - LEARNING_RATE * grads[k] for k in params}
+    assert_same_step(ort_backend.one_step(spec, params, x, y, LEARNING_RATE), expected, params)

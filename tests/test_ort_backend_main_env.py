@@ -1,0 +1,111 @@
+"""The ort-training backend seen from cnnspec's main environment, where onnxruntime-training cannot be
+installed: a clear message with the setup commands, refusals decided without the package, and the graph
+it would differentiate checked against the compiled model on the current onnxruntime.
+
+The backend's own tests run in its environment: tests/ort_training/ (docs/ort-training.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import SPECS_DIR, run_cli
+
+from cnnspec.analysis import check
+from cnnspec.compiler import build_inference_model, initial_params
+from cnnspec.spec import spec_from_data
+from cnnspec.training import ort_backend
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime.training") is not None, reason="this environment has onnxruntime-training"
+)
+SETUP_LINES = [
+    "python3.11 -m venv .venv-ort-training",
+    ".venv-ort-training/bin/pip install onnxruntime-training-cpu==1.19.2",
+    ".venv-ort-training/bin/pip install --no-deps -e .",
+]
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "d.npz", x=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y=np.arange(20) % 10)
+    return folder / "d.npz"
+
+
+def assert_setup_message(code: int, err: str) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err and err.startswith("error: ")
+    assert "onnxruntime-training 1.19.2" in err and "is not installed" in err and "--backend native" in err
+    for line in SETUP_LINES:
+        assert line in err
+
+
+def test_train_backend_ort_training_without_the_package_says_how_to_set_it_up(tmp_path, digits_npz):
+    code, _, err = run_cli("train", SPECS_DIR / "digits.yaml", "--data", digits_npz, "-o", tmp_path / "m.onnx",
+                           "--backend", "ort-training", "--epochs", "1")  # fmt: skip
+    assert_setup_message(code, err)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_artifacts_without_the_package_says_how_to_set_it_up_and_writes_nothing(tmp_path):
+    code, _, err = run_cli("export-artifacts", SPECS_DIR / "digits.yaml", tmp_path / "art")
+    assert_setup_message(code, err)
+    assert not (tmp_path / "art").exists()
+
+
+def test_setup_commands_in_the_message_are_the_documented_ones():
+    docs = (SPECS_DIR.parent / "docs" / "ort-training.md").read_text()
+    for line in ort_backend.SETUP.splitlines():
+        assert line in docs
+
+
+def test_refusals_need_no_package():
+    spec = spec_from_data({
+        "name": "bn", "input": {"shape": [4, 4, 1]},
+        "layers": [{"type": "BatchNormalization", "name": "norm"}, {"type": "Flatten"}, {"type": "Dense", "units": 2}],
+        "training": {"optimizer": "nesterov"},
+    })  # fmt: skip
+    issues = ort_backend.unsupported(spec)
+    assert [(i.layer, i.field) for i in issues] == [(0, "type"), (None, "training.optimizer")]
+    assert "layers[0] BatchNormalization 'norm'" in issues[0].message and "no gradient" in issues[0].message
+
+
+LOWERED = {
+    "name": "lowered",
+    "input": {"shape": [9, 9, 2]},
+    "preprocess": {"scale": 0.01},
+    "layers": [
+        {"type": "Conv2D", "filters": 3, "kernel_size": 2, "activation": "elu"},
+        {"type": "AveragePooling2D", "pool_size": 3, "strides": 2, "padding": "same"},
+        {"type": "AveragePooling2D", "pool_size": [2, 1], "strides": 1},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 1},
+        {"type": "GlobalMaxPooling2D"},
+        {"type": "Dense", "units": 4, "activation": "softmax"},
+    ],
+}
+
+
+def test_the_graph_given_to_ort_training_computes_the_compiled_model():
+    """AveragePool as a depthwise Conv over the unpadded count, GlobalMaxPool as a whole-map MaxPool, Elu from
+    Relu/Exp and the softmax left to the loss: softmax(its logits) equals the compiled model's output."""
+    spec = spec_from_data(LOWERED)
+    report = check(spec)
+    params = initial_params(spec, report, 2)
+    x = np.random.default_rng(3).uniform(0, 255, (5, 2, 9, 9)).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x}
+        )[0]
+
+    graph = ort_backend.training_graph(spec, report, params)
+    assert not {"AveragePool", "GlobalMaxPool", "Elu", "Softmax"} & {n.op_type for n in graph.graph.node}
+    logits = run(graph)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, run(build_inference_model(spec, report, params)), rtol=1e-5, atol=1e-7)
