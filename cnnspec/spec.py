@@ -149,6 +149,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     nested = {"input": InputSpec, "preprocess": Preprocess, "training": Training}
     if not loc:
         return Spec
+    if isinstance(loc[-1], str) and loc[-1] in _INITIALIZERS and len(loc) >= 2 and "tagged-union[" in str(loc[-2]):
+        return _INITIALIZERS[loc[-1]]
     if loc[0] == "layers" and len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE:
         return LAYERS_BY_TYPE[loc[2]] if len(loc) == 3 else None
     if len(loc) == 1:
@@ -174,10 +176,10 @@ def _is_union_member(part: Any) -> bool:
 
 def _received(value: Any) -> str:
     """A received value as the user wrote it: true/false/null like YAML and JSON, the rest as repr."""
-    text = (
-        {True: "true", False: "false", None: "null"}.get(value, None) if isinstance(value, (bool, type(None))) else None
-    )
-    text = text or repr(value)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = "null" if value is None else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -198,30 +200,41 @@ def _type_hint(value: Any, integer: bool) -> str:
 
 def _describe(error: dict, field: str) -> str:
     """One Pydantic error in words: what is wrong, the rule with the received value, and a hint."""
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = _received(value)
+    if error["type"] in ("extra_forbidden", "missing", "union_tag_invalid", "union_tag_not_found"):
+        return _describe_key(error, field)
+    return _describe_value(error, field)
+
+
+def _describe_key(error: dict, field: str) -> str:
+    """A key that should not be there, one that is missing, or a `type` that names no known kind."""
+    kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "extra_forbidden":
         model = _model_at(tuple(error["loc"][:-1]))
         allowed = [f for f in model.model_fields if f != "type"] if model else []
         parent, _, key = field.rpartition(".")
         hint = _suggest(key, allowed) or (f". Hint: the fields here are {', '.join(allowed)}" if allowed else "")
         return f"{parent + ': ' if parent else ''}unknown field '{key}'{hint}"
-    if kind in ("union_tag_invalid", "union_tag_not_found") and field != "type":  # a nested mapping's type
-        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
-        tags = tags or _INITIALIZER_TAGS  # Pydantic names no tags when 'type' is missing
-        hint = f". Hint: type is one of {', '.join(tags)}"
-        if kind == "union_tag_not_found":
-            return f"{field.removesuffix('.type')}: missing 'type'{hint}"
-        return f"unknown {field} {ctx.get('tag')!r}" + (_suggest(ctx.get("tag"), tags) or hint)
-    if kind == "union_tag_invalid":
-        tag = ctx.get("tag")
-        return f"unknown layer type {tag!r}" + (_suggest(tag, list(LAYERS_BY_TYPE)) or _TYPES_HINT)
-    if kind == "union_tag_not_found":
-        return "missing 'type'" + _TYPES_HINT
     if kind == "missing":
-        key = field.rpartition(".")[2]
-        return f"missing required field '{field}'. Hint: add '{key}: ...'"
-    if kind.startswith("cnnspec_"):
+        return f"missing required field '{field}'. Hint: add '{field.rpartition('.')[2]}: ...'"
+    if field == "type":  # a layer's type
+        tag = ctx.get("tag")
+        if kind == "union_tag_not_found":
+            return "missing 'type'" + _TYPES_HINT
+        return f"unknown layer type {tag!r}" + (_suggest(tag, list(LAYERS_BY_TYPE)) or _TYPES_HINT)
+    # the type of a nested mapping (an initializer)
+    tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+    tags = tags or list(_INITIALIZERS)  # Pydantic names no tags when 'type' is missing
+    hint = f". Hint: type is one of {', '.join(tags)}"
+    if kind == "union_tag_not_found":
+        return f"{field.removesuffix('.type')}: missing 'type'{hint}"
+    return f"unknown {field} {ctx.get('tag')!r}" + (_suggest(ctx.get("tag"), tags) or hint)
+
+
+def _describe_value(error: dict, field: str) -> str:
+    """A value of the wrong type or out of its range."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = _received(value)
+    if kind.startswith("cnnspec_"):  # cnnspec's own validators already say the rule and the value
         hint = _type_hint(value, kind == "cnnspec_int") or _RANGE_HINTS.get(field.rpartition(".")[2], "")
         return f"{field} {error['msg']}" + ("." + hint if hint else "")
     if kind == "literal_error":
@@ -235,12 +248,11 @@ def _describe(error: dict, field: str) -> str:
         return f"{field or 'the spec'} must be a mapping (key: value, ...), got {shown}"
     if kind in ("list_type", "tuple_type"):
         return f"{field} must be a list, got {shown}. Hint: write it as [a, b, ...]"
+    hint = _LENGTH_HINTS.get(field, "")
     if kind == "too_short":
-        return f"{field} must have at least {ctx.get('min_length')} item(s), got {shown}" + _LENGTH_HINTS.get(field, "")
+        return f"{field} must have at least {ctx.get('min_length')} item(s), got {shown}{hint}"
     if kind == "too_long":
-        return f"{field} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}" + _LENGTH_HINTS.get(
-            field, ""
-        )
+        return f"{field} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}{hint}"
     if kind in ("string_too_long", "string_too_short"):
         return f"{field} {error['msg'].lower()}, got {shown}"
     return f"{field}: {error['msg']}, got {shown}"
@@ -253,7 +265,7 @@ _RANGE_HINTS = {  # what a sensible value looks like, for fields whose range alo
     "filters": " Hint: e.g. 32",
     "units": " Hint: e.g. 64, or the number of classes for the last layer",
 }
-_INITIALIZER_TAGS = [m.model_fields["type"].annotation.__args__[0] for m in (RandomNormal, RandomUniform, Constant)]
+_INITIALIZERS = {m.model_fields["type"].annotation.__args__[0]: m for m in (RandomNormal, RandomUniform, Constant)}
 _TYPES_HINT = ". Hint: type is one of " + ", ".join(LAYERS_BY_TYPE)
 _LENGTH_HINTS = {"input.shape": ". Hint: [height, width, channels], e.g. [28, 28, 1]"}
 
