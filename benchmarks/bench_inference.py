@@ -107,8 +107,8 @@ def torch_module(model: onnx.ModelProto):
                     self.layers.append(module)
                     index = len(self.layers) - 1
                 self.plan.append((node.op_type, list(node.input), node.output[0], index, a))
-            for k, v in weights.items():
-                self.register_buffer("w_" + str(len(self._buffers)), v)
+            for i, v in enumerate(weights.values()):
+                self.register_buffer(f"w_{i}", v)
             self.consts = weights
 
         def _module(self, node, a):
@@ -136,7 +136,9 @@ def torch_module(model: onnx.ModelProto):
             if node.op_type == "BatchNormalization":
                 scale, bias, mean, var = (weights[n] for n in node.input[1:5])
                 bn = nn.BatchNorm2d(len(scale), eps=a.get("epsilon", 1e-5)).eval()
-                for name, value in zip(("weight", "bias", "running_mean", "running_var"), (scale, bias, mean, var)):
+                for name, value in zip(
+                    ("weight", "bias", "running_mean", "running_var"), (scale, bias, mean, var), strict=True
+                ):
                     getattr(bn, name).data.copy_(value)
                 return bn
             return None
@@ -231,13 +233,17 @@ def _torch_export(net, chw) -> bytes | None:
 
 
 def measure(runners: dict, x: np.ndarray, seconds: float, rounds: int = 3) -> dict:
-    """Per runner: latencies of single calls, interleaved over `rounds` so load changes hit all runners alike."""
+    """Per runner: latencies of single calls, interleaved over `rounds` so load changes hit all runners alike.
+
+    NOTE: torch's OpenMP workers spin for a while after each call and steal cycles from whoever runs next, and
+    onnxruntime's pool does the same; alternating the order each round spreads that cost evenly."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     for fn in runners.values():
         for _ in range(2):
             fn(x)  # warm-up: allocations, kernel selection
-    for _ in range(rounds):
-        for name, fn in runners.items():
+    for r in range(rounds):
+        order = list(runners.items()) if r % 2 == 0 else list(runners.items())[::-1]  # no runner always goes first
+        for name, fn in order:
             deadline = time.perf_counter() + seconds / rounds
             while time.perf_counter() < deadline or len(times[name]) < 3:
                 times[name].append(_time(lambda fn=fn: fn(x)))
@@ -245,9 +251,12 @@ def measure(runners: dict, x: np.ndarray, seconds: float, rounds: int = 3) -> di
 
 
 def _summary(times: list[float], batch: int) -> dict:
+    # images/s from the median call, not the mean: on a shared machine a few calls stall for tens of ms when
+    # another process takes the core, and the mean would measure the neighbours rather than the graph.
     t = np.asarray(times)
     return {
-        "images_per_s": batch * len(t) / t.sum(),
+        "images_per_s": batch / float(np.median(t)),
+        "images_per_s_mean": batch * len(t) / t.sum(),
         "p50_ms": float(np.percentile(t, 50) * 1e3),
         "p99_ms": float(np.percentile(t, 99) * 1e3),
         "calls": len(t),
@@ -268,8 +277,9 @@ def bench_spec(path: Path, device: str, threads: int | None, seconds: float, pea
         _agree(runners, x[:8])
         for name, stats in measure(runners, x, seconds).items():
             gflops = stats["images_per_s"] * flops / 1e9
+            pct = 100 * gflops / peak if device == "cpu" else None
             rows.append({"spec": spec.name, "device": device, "batch": batch, "runner": name, **stats,
-                         "gflop_per_s": gflops, "pct_peak": 100 * gflops / peak if device == "cpu" else None})  # fmt: skip
+                         "gflop_per_s": gflops, "pct_peak": pct})  # fmt: skip
     return rows
 
 
@@ -284,7 +294,10 @@ def _agree(runners: dict, x: np.ndarray) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'spec':<8} {'dev':<4} {'batch':>5} {'runner':<18} {'img/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'GFLOP/s':>8} {'%peak':>6}")
+    print(
+        f"{'spec':<8} {'dev':<4} {'batch':>5} {'runner':<18} {'img/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'GFLOP/s':>8} {'%peak':>6}"
+    )
     for r in rows:
         pct = f"{r['pct_peak']:.0f}" if r["pct_peak"] is not None else "-"
         print(f"{r['spec']:<8} {r['device']:<4} {r['batch']:>5} {r['runner']:<18} {r['images_per_s']:>10.0f} "
@@ -305,7 +318,12 @@ def main() -> None:
     peak = sgemm_peak()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; "
           f"numpy sgemm 4096^3 peak {peak:.0f} GFLOP/s")  # fmt: skip
-    rows = [row for device in devices for path in specs for row in bench_spec(path, device, args.threads, args.seconds, peak)]
+    rows = [
+        row
+        for device in devices
+        for path in specs
+        for row in bench_spec(path, device, args.threads, args.seconds, peak)
+    ]
     print_table(rows)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
