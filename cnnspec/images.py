@@ -83,6 +83,9 @@ _ALPHA = {"RGBA", "LA"}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
+_NO_IMAGES = "; folders are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + " files"
+
+
 class ImageError(CnnspecError):
     """One image that cannot be used; `run` reports it in that image's entry and goes on."""
 
@@ -99,13 +102,13 @@ def read_image_bytes(path: str | Path) -> bytes:
         kind = "is a dangling symlink" if os.path.islink(path) else "does not exist"
         raise ImageError(f"'{path}' {kind}") from None
     except IsADirectoryError:
-        raise ImageError(f"'{path}' is not a regular file (it is a directory)") from None
+        raise ImageError(f"'{path}' is not a regular file (it is a directory{_NO_IMAGES})") from None
     except OSError as exc:
         raise ImageError(f"'{path}' cannot be opened: {exc.strerror}") from None
     try:
         info = os.fstat(fd)  # the file actually opened, not whatever the name points at now
         if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"'{path}' is not a regular file (it is a directory)")
+            raise ImageError(f"'{path}' is not a regular file (it is a directory{_NO_IMAGES})")
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"'{path}' is not a regular file (a device, FIFO or socket)")
         if info.st_size > MAX_IMAGE_BYTES:
@@ -282,7 +285,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
                 for name in names
                 if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
             ]
-            out.extend(sorted(found))
+            out.extend(sorted(found) or [item])  # an empty folder gets its own error entry
         elif not os.path.lexists(item) and glob.has_magic(item):
             out.extend(sorted(glob.glob(item, recursive=True)) or [item])
         else:
