@@ -1,0 +1,212 @@
+"""The training program and loop against independent references: a numpy train step, dropout and
+BatchNormalization statistics, learning on separable data, determinism and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cnnspec.analysis import check
+from cnnspec.compiler import initial_params
+from cnnspec.spec import spec_from_data
+from cnnspec.training.command import resolve_settings, train_model
+from cnnspec.training.loop import Data, dropout_masks
+from cnnspec.training.native import one_step
+from cnnspec.training.optimizers import Optimizer
+from cnnspec.training.program import build_train_step, new
+
+SMALL = {
+    "name": "small",
+    "input": {"shape": [6, 6, 1]},
+    "preprocess": {"scale": 0.5},
+    "layers": [
+        {"type": "Conv2D", "filters": 3, "kernel_size": 3, "activation": "relu"},
+        {"type": "Flatten"},
+        {"type": "Dropout", "rate": 0.5},
+        {"type": "Dense", "units": 4, "activation": "softmax"},
+    ],
+    "training": {"optimizer": "momentum", "momentum": 0.7, "label_smoothing": 0.1},
+}
+
+
+def numpy_step(p, x, y, mask, lr, momentum, smoothing, classes=4):
+    """Forward, loss and backward of SMALL written out in float64, then Keras's SGD+momentum from v = 0."""
+    w1, b1, w2, b2 = (p[k].astype(np.float64) for k in ("conv2d.weight", "conv2d.bias", "dense.weight", "dense.bias"))
+    n = len(y)
+    windows = sliding_window_view(x.astype(np.float64) * 0.5, (3, 3), axis=(2, 3))  # n, c, h, w, i, j
+    z1 = np.einsum("nchwij,mcij->nmhw", windows, w1) + b1[None, :, None, None]
+    a1 = np.maximum(z1, 0)
+    d = a1.reshape(n, -1) * mask
+    z2 = d @ w2.T + b2
+    e = np.exp(z2 - z2.max(1, keepdims=True))
+    prob = e / e.sum(1, keepdims=True)
+    target = np.eye(classes)[y] * (1 - smoothing) + smoothing / classes
+    dz2 = (prob - target) / n
+    dd = (dz2 @ w2) * mask
+    dz1 = dd.reshape(a1.shape) * (z1 > 0)
+    grads = {
+        "conv2d.weight": np.einsum("nmhw,nchwij->mcij", dz1, windows),
+        "conv2d.bias": dz1.sum((0, 2, 3)),
+        "dense.weight": dz2.T @ d,
+        "dense.bias": dz2.sum(0),
+    }
+    return {k: p[k] + (-lr * g) for k, g in grads.items()}  # v = -lr g + 0 * momentum; w += v
+
+
+def test_one_step_matches_numpy():
+    spec = spec_from_data(SMALL)
+    report = check(spec)
+    rng = np.random.default_rng(0)
+    params = {k: v + 0.1 * rng.normal(size=v.shape).astype(np.float32) for k, v in initial_params(spec, report).items()}
+    x = rng.uniform(0, 2, (5, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 5)
+    got = one_step(spec, params, x, y, 0.3, "momentum")
+    program = build_train_step(spec, report, Optimizer("momentum", momentum=0.7), 0.1)
+    (mask,) = dropout_masks(program, 0, 0, 0, 5).values()
+    want = numpy_step(params, x, y, mask, 0.3, 0.7, 0.1)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_dropout_masks_are_keyed_and_scaled():
+    spec = spec_from_data(SMALL)
+    program = build_train_step(spec, check(spec), Optimizer())
+    (name,) = program.masks
+    assert program.masks[name] == (48,) and program.rates[name] == 0.5
+    a = dropout_masks(program, 7, 3, 11, 400)[name]
+    assert np.array_equal(a, dropout_masks(program, 7, 3, 11, 400)[name])
+    assert not np.array_equal(a, dropout_masks(program, 7, 3, 12, 400)[name])
+    assert not np.array_equal(a, dropout_masks(program, 8, 3, 11, 400)[name])
+    assert set(np.unique(a)) == {0.0, 2.0}
+    assert abs((a == 0).mean() - 0.5) < 0.02
+
+
+def test_batchnorm_running_statistics_follow_keras():
+    data = {
+        "name": "bn",
+        "input": {"shape": [4, 4, 2]},
+        "layers": [
+            {"type": "BatchNormalization", "momentum": 0.8, "epsilon": 0.01},
+            {"type": "Flatten"},
+            {"type": "Dense", "units": 3},
+        ],
+    }
+    spec = spec_from_data(data)
+    report = check(spec)
+    params = initial_params(spec, report)
+    params["batch_normalization.running_mean"] = np.array([0.5, -1.0], np.float32)
+    params["batch_normalization.running_var"] = np.array([2.0, 0.5], np.float32)
+    x = np.random.default_rng(1).normal(3.0, 2.0, (6, 2, 4, 4)).astype(np.float32)
+    got = one_step(spec, params, x, np.arange(6) % 3, 0.1)
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))  # NOTE: biased variance, as Keras (PyTorch: unbiased)
+    np.testing.assert_allclose(
+        got["batch_normalization.running_mean"], np.array([0.5, -1.0]) * 0.8 + mean * 0.2, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        got["batch_normalization.running_var"], np.array([2.0, 0.5]) * 0.8 + var * 0.2, rtol=1e-5
+    )
+
+
+def separable(n=96, seed=0):
+    """Two classes: a bright left half or a bright right half, with noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.uniform(0, 80, (n, 1, 8, 8)).astype(np.float32)
+    x[y == 0, :, :, :4] += 150
+    x[y == 1, :, :, 4:] += 150
+    return Data(x, y.astype(np.int64))
+
+
+NET = {
+    "name": "sep",
+    "input": {"shape": [8, 8, 1]},
+    "labels": ["left", "right"],
+    "preprocess": {"scale": 1 / 255},
+    "layers": [
+        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu", "padding": "same"},
+        {"type": "BatchNormalization"},
+        {"type": "MaxPooling2D"},
+        {"type": "Flatten"},
+        {"type": "Dropout", "rate": 0.25},
+        {"type": "Dense", "units": 2, "activation": "softmax"},
+    ],
+    "training": {"optimizer": "adam", "learning_rate": 0.01, "epochs": 4, "batch_size": 16},
+}
+
+
+def train(tmp=None, resume=False, net=NET, **overrides):
+    spec = spec_from_data(net)
+    settings = resolve_settings(spec, **overrides)
+    return train_model(spec, separable(), None, settings, checkpoint_dir=tmp, resume=resume, log=lambda line: None)
+
+
+def test_loss_decreases_on_separable_data():
+    result = train(epochs=5)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["train_accuracy"] == 1.0
+    assert set(result.history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+
+
+def test_same_seed_same_weights_bit_for_bit():
+    a, b, c = train(seed=3), train(seed=3), train(seed=4)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not all(np.array_equal(a.params[k], c.params[k]) for k in a.params)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+    from cnnspec.training import runner
+
+    straight = train()
+    calls, real_step = {"n": 0}, runner.StepRunner.step
+
+    def step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 9:  # mid-epoch 2 (6 batches per epoch): as if Ctrl-C arrived now
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(runner.StepRunner, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "ckpt")
+    monkeypatch.setattr(runner.StepRunner, "step", real_step)
+    resumed = train(tmp_path / "ckpt", resume=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    for k in straight.params:
+        assert np.array_equal(straight.params[k], resumed.params[k]), k
+
+
+def test_checkpoint_folder_refuses_fresh_run_and_other_settings(tmp_path):
+    from cnnspec.errors import CnnspecError, UsageError
+
+    train(tmp_path, epochs=1)
+    assert (tmp_path / "LATEST").read_text().startswith("step-000000006.npz ")
+    with pytest.raises(UsageError, match="already holds checkpoints"):
+        train(tmp_path, epochs=1)
+    with pytest.raises(CnnspecError, match="another spec, data or settings"):
+        train(tmp_path, resume=True, learning_rate=0.5)
+
+
+def test_early_stopping_keeps_best_weights():
+    net = dict(NET, training=dict(NET["training"], learning_rate=3.0, patience=1, epochs=8))
+    result = train(net=net)
+    losses = [row["train_loss"] for row in result.history]
+    best = int(np.argmin(losses))
+    assert result.best_epoch == best + 1
+    assert len(losses) < 8 or best == len(losses) - 1
+
+
+def test_train_step_graph_is_standard_domain_only():
+    spec = spec_from_data(NET)
+    program = build_train_step(spec, check(spec), Optimizer("adamw"))
+    assert {op.domain for op in program.model.opset_import} == {""}
+    assert all(node.domain == "" for node in program.model.graph.node)
+    outputs = [o.name for o in program.model.graph.output]
+    assert outputs[:2] == ["loss", "correct"]
+    assert set(outputs[2:]) == {new(n) for n in program.params + program.state}
+    ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
