@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 import pytest
-from ort_helpers import ROOT
 
 from cnnspec.data import Dataset
 from cnnspec.training.ort_backend import BackendMissing, load_ort_training
+
+from .ort_helpers import ROOT
 
 REQUIRED = os.environ.get("CNNSPEC_ORT_TRAINING") == "1"
 

@@ -10,13 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
-from ort_helpers import ROOT, run_cli
 
 from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, initial_params
 from cnnspec.errors import CnnspecError, SpecError
 from cnnspec.spec import spec_from_data
 from cnnspec.training import ort_backend
+
+from .ort_helpers import ROOT, run_cli
 
 
 def make_spec(layers: list[dict], training: dict | None = None) -> dict:

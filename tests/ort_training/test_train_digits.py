@@ -8,10 +8,11 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-from ort_helpers import ROOT
 
 from cnnspec.spec import load_spec, spec_from_data
 from cnnspec.training import ort_backend
+
+from .ort_helpers import ROOT
 
 METRIC_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
 

@@ -1,0 +1,1 @@
+"""Tests run inside the onnxruntime-training environment (a package, so its conftest is not `conftest`)."""
