@@ -144,14 +144,32 @@ class Classifier:
         self.preprocess = preprocess
         self.warnings: list[str] = []
         self.device = resolve_device(device)
+        self._data, self._threads, self._session = data, threads, None
+        self._probe = None
         if sandbox:
-            from .sandbox import probe_model
+            from .sandbox import Probe
 
-            probe_model(data, self.info, self.path)
-        self.session = make_session(data, self.device, threads)
+            self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
         self.classes = self.info.classes or self._probe_classes()
         self.labels = self._labels(labels)
-        self._input_name, self._output_name = self.info.input_name, self.info.output_name
+
+    def __del__(self) -> None:  # reap the probe's child if no prediction ever asked for the session
+        probe = getattr(self, "_probe", None)
+        if probe is not None:
+            try:
+                probe.wait()
+            except CnnspecError:
+                pass
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session, created (from the checked bytes) once the sandboxed probe has passed."""
+        if self._session is None:
+            if self._probe is not None:
+                self._probe.wait()
+            self._session = make_session(self._data, self.device, self._threads)
+            self._data = b""
+        return self._session
 
     @property
     def chw(self) -> tuple[int, int, int]:

@@ -23,38 +23,56 @@ MIN_ADDRESS_SPACE = 4 << 30  # on top of what the process already maps (Python, 
 TEST_HOOK = "CNNSPEC_TEST_HOOK"  # "crash_inference_worker": the child kills itself with SIGSEGV (tests only)
 
 
+class Probe:
+    """A model being loaded in a forked child; `wait()` raises ModelError if that went wrong.
+
+    Started before the images are decoded, so the two overlap; this process creates its own session only
+    after `wait()` returned.
+    """
+
+    def __init__(self, data: bytes, info: ModelInfo, source: str, timeout_s: float = TIMEOUT_S) -> None:
+        self.source, self.timeout_s, self.pid = source, timeout_s, 0
+        if not hasattr(os, "fork") or os.environ.get("CNNSPEC_NO_SANDBOX") == "1":
+            return
+        self.read_fd, write_fd = os.pipe()
+        self.started = time.monotonic()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            os.close(self.read_fd)
+            _child(data, info, write_fd)
+        os.close(write_fd)
+
+    def wait(self) -> None:
+        if not self.pid:
+            return
+        pid, self.pid = self.pid, 0
+        try:
+            message = _read_until_exit(self.read_fd, self.started + self.timeout_s)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ModelError(f"'{self.source}': loading the model took longer than {self.timeout_s:.0f} s") from None
+        finally:
+            os.close(self.read_fd)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            raise ModelError(
+                f"'{self.source}': the inference worker crashed (signal {sig}, {signal.Signals(sig).name}) while "
+                "loading the model; it is damaged or hostile"
+            )
+        if os.WEXITSTATUS(status) != 0:
+            raise ModelError(f"'{self.source}': {message or 'the inference worker failed while loading the model'}")
+
+
 def probe_model(data: bytes, info: ModelInfo, source: str, timeout_s: float = TIMEOUT_S) -> None:
     """Raise ModelError when the model crashes, hangs or fails to load in a child process; return otherwise."""
-    if not hasattr(os, "fork") or os.environ.get("CNNSPEC_NO_SANDBOX") == "1":
-        return
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read_fd)
-        _child(data, info, write_fd)
-    os.close(write_fd)
-    try:
-        message = _read_until_exit(read_fd, timeout_s)
-    except TimeoutError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise ModelError(f"'{source}': loading the model took longer than {timeout_s:.0f} s; refused") from None
-    finally:
-        os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        raise ModelError(
-            f"'{source}': the inference worker crashed (signal {sig}, {signal.Signals(sig).name}) while loading "
-            "the model; it is damaged or hostile"
-        )
-    if os.WEXITSTATUS(status) != 0:
-        raise ModelError(f"'{source}': {message or 'the inference worker failed while loading the model'}")
+    Probe(data, info, source, timeout_s).wait()
 
 
-def _read_until_exit(fd: int, timeout_s: float) -> str:
+def _read_until_exit(fd: int, deadline: float) -> str:
     """Everything the child writes; EOF means it exited (the pipe's only writer closed)."""
-    deadline, chunks = time.monotonic() + timeout_s, []
+    chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

@@ -157,8 +157,9 @@ def test_devices_never_fall_back_silently(monkeypatch):
 def test_sandbox_turns_a_native_crash_into_one_error(tmp_path, monkeypatch):
     path = write_small(tmp_path)
     monkeypatch.setenv("CNNSPEC_TEST_HOOK", "crash_inference_worker")
+    clf = Classifier(path)  # the probe runs in the background while images would be decoded
     with pytest.raises(ModelError, match=r"the inference worker crashed \(signal 11"):
-        Classifier(path)
+        clf.predict(np.zeros((1, 8, 8), np.float32))
 
 
 def test_evaluate_matches_a_numpy_reference(small):
