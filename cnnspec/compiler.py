@@ -68,7 +68,23 @@ def lower_layers(g: GraphBuilder, spec: Spec, report: Report, x: str, param_tens
         ctx = Lowering(row.name, row.input_shape, row.output_shape, names, training)
         x = layer.lower(g, x, ctx)
         contexts.append(ctx)
+    _keep_pads_before_pools(g)
     return Forward(x, contexts)
+
+
+def _keep_pads_before_pools(g: GraphBuilder) -> None:
+    """Give a Pad that feeds a MaxPool/AveragePool the pad value -0.0 (equal to 0) instead of the default 0.
+
+    NOTE: onnxruntime <= 1.19 (PadFusion) folds a zero Pad into a following pool's `pads`, which is wrong:
+    MaxPool pads with -inf and AveragePool (count_include_pad=0) leaves pads out of the divisor, so
+    ZeroPadding2D -> MaxPooling2D gives the window maximum instead of 0 on all-negative borders (and a
+    pad >= kernel fails to load). The fusion only fires when the pad value's bytes are all zero.
+    """
+    pads = {node.output[0]: node for node in g.nodes if node.op_type == "Pad" and len(node.input) == 2}
+    for node in g.nodes:
+        pad = pads.pop(node.input[0], None) if node.op_type in ("MaxPool", "AveragePool") else None
+        if pad is not None:
+            pad.input.append(g.constant(pad.name.split("/")[0], -0.0))
 
 
 def metadata(spec: Spec, report: Report) -> dict[str, str]:

@@ -180,10 +180,13 @@ def test_no_dropout_and_a_lean_graph(full) -> None:
     assert "Dropout" not in ops
     assert not {"Identity", "Cast", "Transpose", "Reshape", "Shape"} & set(ops)
     assert ops[:2] == ["Mul", "Add"]  # preprocess comes first
-    digits = compile_spec(load_spec(ROOT / "specs" / "digits.yaml"))
-    assert [n.op_type for n in digits.graph.node] == [
-        "Mul", "Conv", "Relu", "Conv", "Relu", "MaxPool", "Conv", "Relu", "GlobalAveragePool", "Flatten",
-        "Gemm", "Relu", "Gemm", "Softmax",
+    small = {"name": "small", "input": {"shape": [8, 8, 1]}, "preprocess": {"scale": 0.00392156862745098},
+             "layers": [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                        {"type": "MaxPooling2D"}, {"type": "GlobalAveragePooling2D"},
+                        {"type": "Dense", "units": 8, "activation": "relu"}, {"type": "Dropout", "rate": 0.2},
+                        {"type": "Dense", "units": 3, "activation": "softmax"}]}  # fmt: skip
+    assert [n.op_type for n in compiled(small).graph.node] == [
+        "Mul", "Conv", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Relu", "Gemm", "Softmax",
     ]  # fmt: skip
 
 
@@ -264,14 +267,70 @@ def test_default_opset_and_ir_version_load_in_older_runtimes(full) -> None:
     assert full.ir_version <= 10  # onnxruntime-training 1.19.2 reads IR <= 10
 
 
+ORT_TRAINING_PYTHON = ROOT / ".venv-ort-training" / "bin" / "python"
+RUN_IN_OLD_RUNTIME = (
+    "import sys, numpy as np, onnxruntime as ort\n"
+    "for stem in sys.argv[1:]:\n"
+    "    s = ort.InferenceSession(stem + '.onnx', providers=['CPUExecutionProvider'])\n"
+    "    np.save(stem + '.out.npy', s.run(None, {'input': np.load(stem + '.npy')})[0])\n"
+)
+
+
+def zero_padding_then(pool: str) -> dict:
+    layers = [
+        {"type": "ZeroPadding2D", "padding": [[1, 2], [2, 1]]},
+        {"type": pool, "pool_size": 2},
+        {"type": "Flatten"},
+    ]
+    return {"name": "zp", "input": {"shape": [5, 4, 2]}, "layers": layers}
+
+
+def test_models_run_the_same_in_onnxruntime_training_1_19(tmp_path: Path) -> None:
+    """The IR/opset choice is for this runtime too (.ci/ort_training_env.sh builds it; skipped where absent).
+
+    Its PadFusion would fold ZeroPadding2D into a following pool (wrong values, or a load failure when
+    the pad reaches the kernel): all-negative inputs show it.
+    """
+    if not ORT_TRAINING_PYTHON.exists():
+        if os.environ.get("CNNSPEC_ORT_TRAINING") == "1":
+            pytest.fail(f"{ORT_TRAINING_PYTHON} is missing: run .ci/ort_training_env.sh")
+        pytest.skip("no .venv-ort-training (bash .ci/ort_training_env.sh builds it)")
+    rng = np.random.default_rng(0)
+    cases = {"full": (FULL, rng.uniform(0, 255, (3, 4, 9, 7)))}
+    for pool in ("MaxPooling2D", "AveragePooling2D"):
+        cases[pool] = (zero_padding_then(pool), -rng.uniform(1, 2, (2, 2, 5, 4)))
+    expected = {}
+    for stem, (data, x) in cases.items():
+        model, x = compiled(data), x.astype(np.float32)
+        (tmp_path / f"{stem}.onnx").write_bytes(model_bytes(model))
+        np.save(tmp_path / f"{stem}.npy", x)
+        expected[stem] = run(model, x)
+    stems = [str(tmp_path / stem) for stem in cases]
+    subprocess.run([str(ORT_TRAINING_PYTHON), "-c", RUN_IN_OLD_RUNTIME, *stems], check=True, timeout=120)
+    for stem, want in expected.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{stem}.out.npy"), want, rtol=1e-5, atol=1e-6, err_msg=stem)
+
+
+def test_a_pad_before_a_pool_keeps_its_zeros_explicit() -> None:
+    """-0.0 (== 0, not all-zero bytes) stops onnxruntime <= 1.19 folding it into the pool; before a Conv
+    the plain zero Pad stays, so onnxruntime folds it into the Conv's pads (correct there)."""
+    for pool in ("MaxPooling2D", "AveragePooling2D"):
+        model = compiled(zero_padding_then(pool))
+        (pad,) = nodes_of(model, "Pad")
+        values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        assert len(pad.input) == 3 and values[pad.input[2]] == 0 and np.signbit(values[pad.input[2]])
+    layers = [{"type": "ZeroPadding2D"}, {"type": "Conv2D", "filters": 1, "kernel_size": 2}, {"type": "Flatten"}]
+    (pad,) = nodes_of(compiled(zero_padding_then("MaxPooling2D") | {"layers": layers}), "Pad")
+    assert len(pad.input) == 2
+
+
 @pytest.mark.parametrize("opset", [13, 18, 20, onnx.defs.onnx_opset_version()])
 def test_every_supported_opset_compiles_checks_and_runs(opset) -> None:
     model = compiled(FULL, opset=opset)
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import] == [opset]
-    out = run(model, np.random.default_rng(0).uniform(0, 255, (2, 4, 9, 7)).astype(np.float32))
-    np.testing.assert_allclose(out, run(compiled(FULL), np.random.default_rng(0).uniform(0, 255, (2, 4, 9, 7))
-                                        .astype(np.float32)), rtol=1e-5, atol=1e-6)  # fmt: skip
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 9, 7)).astype(np.float32)
+    np.testing.assert_allclose(run(model, x), run(compiled(FULL), x), rtol=1e-5, atol=1e-6)  # same network
 
 
 @pytest.mark.parametrize("opset", [0, 12, onnx.defs.onnx_opset_version() + 1])

@@ -173,6 +173,13 @@ def test_zero_padding(padding) -> None:
     compare(net([3, 4, 2], {"type": "ZeroPadding2D", "padding": padding}))
 
 
+@pytest.mark.parametrize("pool", ["MaxPooling2D", "AveragePooling2D"])
+def test_zero_padding_before_pooling_pads_with_real_zeros(pool) -> None:
+    # all-negative input: the zero border wins every max and counts in every mean (a pool's own padding would not)
+    layers = ({"type": "ZeroPadding2D", "padding": [[1, 2], [2, 1]]}, {"type": pool, "pool_size": 2, "padding": "same"})
+    compare(net([5, 4, 2], *layers), low=-2.0, high=-1.0)
+
+
 # ---- activations ------------------------------------------------------------------------------------
 
 
