@@ -12,7 +12,7 @@ import onnxruntime as ort
 from cnnspec.spec import load_spec, spec_from_data
 from cnnspec.training import ort_backend
 
-from .ort_helpers import ROOT
+from .ort_helpers import ROOT, run_cli
 
 METRIC_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
 
@@ -24,14 +24,18 @@ def accuracy(model_path, data) -> float:
     return float((probabilities.argmax(axis=1) == data.y).mean())
 
 
-def test_digits_spec_trains_to_97_percent(tmp_path, digits):
+def test_digits_spec_trains_to_97_percent_through_the_cli(tmp_path, digits):
     train, test = digits
+    np.savez(tmp_path / "train.npz", x=train.x[:, 0].astype(np.uint8), y=train.y)
     spec = load_spec(ROOT / "specs" / "digits.yaml")
     out, metrics_json, checkpoints = tmp_path / "digits.onnx", tmp_path / "metrics.json", tmp_path / "ckpt"
-    metrics = ort_backend.train(spec, train, out, checkpoint_dir=checkpoints, metrics_json=metrics_json)
+    done = run_cli("train", ROOT / "specs" / "digits.yaml", "--data", tmp_path / "train.npz", "-o", out,
+                   "--backend", "ort-training", "--metrics-json", metrics_json, "--checkpoint-dir", checkpoints,
+                   timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
     assert accuracy(out, test) >= 0.97
-    assert json.loads(metrics_json.read_text()) == metrics
+    metrics = json.loads(metrics_json.read_text())
     assert [row["epoch"] for row in metrics] == list(range(1, spec.training.epochs + 1))
     assert all(set(row) == METRIC_KEYS and row["val_loss"] is None for row in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
@@ -39,6 +43,18 @@ def test_digits_spec_trains_to_97_percent(tmp_path, digits):
     assert (checkpoints / f"{latest}.ortckpt").is_file() and (checkpoints / f"{latest}.json").is_file()
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["cnnspec.spec"])["name"] == spec.name
+
+
+def test_train_refuses_batch_normalization_before_training(tmp_path):
+    spec = tmp_path / "bn.json"
+    spec.write_text(json.dumps({"name": "bn", "input": {"shape": [8, 8, 1]}, "layers": [
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "BatchNormalization"}, {"type": "Flatten"},
+        {"type": "Dense", "units": 10, "activation": "softmax"}]}))  # fmt: skip
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10))
+    done = run_cli("train", spec, "--data", tmp_path / "d.npz", "-o", tmp_path / "m.onnx", "--backend", "ort-training")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "layers[1] BatchNormalization 'batch_normalization'" in done.stderr and "--backend native" in done.stderr
+    assert not (tmp_path / "m.onnx").exists()
 
 
 TINY = {
