@@ -248,7 +248,10 @@ class Classifier:
         if good:
             probs = self.scores(np.stack([arrays[i][1] for i in good]), batch_size)
             for i, row in zip(good, probs, strict=True):
-                results[i].predictions = self._top(row, top_k)
+                if np.isfinite(row).all():
+                    results[i].predictions = self._top(row, top_k)
+                else:
+                    results[i].error = f"'{results[i].path}': the model produced NaN or infinite scores"
         return results
 
     def _top(self, row: np.ndarray, k: int) -> list[Prediction]:
@@ -341,7 +344,10 @@ def _to_arrays(items: list[Any], chw: tuple[int, int, int], resize: str) -> list
                 (f"array[{i}]", item if ok else ImageError(f"array[{i}] has shape {list(item.shape)}, not {list(chw)}"))
             )
         else:
-            out.append((f"image[{i}]", image_to_array(item, chw[0], chw[1:], resize, f"image[{i}]")))
+            try:
+                out.append((f"image[{i}]", image_to_array(item, chw[0], chw[1:], resize, f"image[{i}]")))
+            except (ImageError, ValueError, OSError) as exc:
+                out.append((f"image[{i}]", exc if isinstance(exc, ImageError) else ImageError(f"image[{i}]: {exc}")))
     return out
 
 

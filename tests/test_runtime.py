@@ -112,6 +112,13 @@ def test_foreign_model_with_labels_and_preprocess_matches_numpy(tmp_path):
     assert top.label == "vwxyz"[int(want[0].argmax())]
 
 
+def test_nan_scores_are_an_error_entry_not_invalid_json(tmp_path):
+    path, w, b = foreign_model(tmp_path / "f.onnx")
+    x = np.full((1, 3, 4, 4), np.inf, np.float32)  # inf pixels -> inf - inf logits -> NaN scores
+    (result,) = Classifier(path).predict(x)
+    assert "NaN or infinite scores" in result.error and result.predictions == []
+
+
 def test_foreign_model_without_labels_uses_indices(tmp_path):
     clf = Classifier(foreign_model(tmp_path / "f.onnx")[0])
     assert clf.labels == ["0", "1", "2", "3", "4"] and not clf.is_cnnspec
