@@ -86,13 +86,26 @@ def test_an_interrupted_compile_never_leaves_a_partial_model(tmp_path: Path) -> 
     onnx.checker.check_model(onnx.load(out), full_check=True)
 
 
+SMALL = """name: small
+input: {shape: [6, 6, 1]}
+labels: [cat, dog]
+preprocess: {scale: 0.00392156862745098}
+layers:
+  - {type: Conv2D, name: stem, filters: 4, kernel_size: 3, activation: relu}
+  - {type: GlobalAveragePooling2D}
+  - {type: Dense, units: 2, activation: softmax}
+"""
+
+
 def test_inspect_a_cnnspec_model_shows_its_summary(tmp_path: Path) -> None:
-    out = tmp_path / "digits.onnx"
-    assert run_cli("compile", DIGITS, "-o", out)[0] == 0
+    spec, out = tmp_path / "small.yaml", tmp_path / "small.onnx"
+    spec.write_text(SMALL)
+    assert run_cli("compile", spec, "-o", out)[0] == 0
     code, stdout, stderr = run_cli("inspect", out)
     assert code == 0, stderr
-    for text in ("digits", "conv2d_2", "global_average_pooling2d", "dense_1", "32,874", "labels: 0, 1, 2",
-                 "scale", "made by cnnspec", "opset 17"):  # fmt: skip
+    # params: stem 4*1*3*3 + 4 = 40, dense 2*4 + 2 = 10
+    for text in ("small", "stem", "4x4x4", "global_average_pooling2d", "dense", "50", "labels: cat, dog",
+                 "0.00392156862745098", "made by cnnspec", "opset 17"):  # fmt: skip
         assert text in stdout, text
 
 
