@@ -304,6 +304,27 @@ def print_table(rows: list[dict]) -> None:
               f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['gflop_per_s']:>8.1f} {pct:>6}")  # fmt: skip
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The RESULTS.md table: cnnspec next to its peer (ORT on torch's export) and torch eager, per spec and batch."""
+    by = {(r["spec"], r["device"], r["batch"], r["runner"]): r for r in rows}
+    lines = [
+        "| spec | device | batch | cnnspec img/s | p50 / p99 ms | ORT(torch export) img/s | p50 / p99 ms "
+        "| torch eager img/s | p50 / p99 ms | cnnspec / export | cnnspec % peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (spec, device, batch, runner), r in by.items():
+        if runner != "cnnspec":
+            continue
+        peer, eager = by.get((spec, device, batch, "ort(torch export)")), by.get((spec, device, batch, "torch eager"))
+        cells = [spec, device, str(batch)]
+        for x in (r, peer, eager):
+            cells += [f"{x['images_per_s']:.0f}", f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}"] if x else ["-", "-"]
+        cells.append(f"{r['images_per_s'] / peer['images_per_s']:.2f}" if peer else "-")
+        cells.append(f"{r['pct_peak']:.0f}%" if r["pct_peak"] is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", type=Path, help="spec files (default: specs/*.yaml)")
@@ -311,6 +332,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table")
     args = parser.parse_args()
     specs = args.specs or sorted((ROOT / "specs").glob("*.yaml"))
     devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in available_providers() else [])
@@ -326,6 +348,8 @@ def main() -> None:
     ]
     print_table(rows)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.markdown:
+        print(markdown_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=1))
 
