@@ -6,8 +6,8 @@ its own `onnxruntime` module, so it lives in its own environment (SETUP below). 
 - `onnxruntime.training.__init__` imports torch. `artifacts` and `api` do not need it, so `load_ort_training`
   registers a bare package object for `onnxruntime.training` (its `__path__` only) and imports the two
   submodules from it: the package `__init__` never runs.
-- Artifacts written by a current onnx carry IR version 14; ORT 1.19.2 loads IR <= 10. Every artifact is
-  re-stamped with the lowest IR version its opsets need (the graphs use nothing newer).
+- Artifacts written by a current onnx carry IR version 11+; ORT 1.19.2 loads IR <= 10. Every artifact is
+  re-stamped with IR 10 (its opsets and ops need nothing newer), so any onnx >= 1.21 can make them.
 - Its gradient builder crashes (SIGFPE) on AveragePool and has no gradient for GlobalMaxPool, Elu, or
   BatchNormalization in training mode. The graph given to it lowers the first three differently (see
   `_lower_layer`) and `unsupported` refuses BatchNormalization before any work. Generating the artifacts and
@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -95,42 +96,33 @@ def load_ort_training() -> tuple[types.ModuleType, types.ModuleType]:
 # ---- what this backend refuses, before any work -----------------------------------------------------------
 
 
+NO_BATCH_NORM = (
+    "--backend ort-training cannot train BatchNormalization: onnxruntime-training 1.19.2 has no gradient for it "
+    "in training mode (batch statistics). Hint: use --backend native, or remove the layer"
+)
+
+
 def unsupported(spec: Spec) -> list[Issue]:
     """Layers and training settings onnxruntime-training cannot train, each with the reason and a fix."""
     from ..spec import layer_label, layer_names
 
-    issues = []
-    for index, (layer, name) in enumerate(zip(spec.layers, layer_names(spec.layers), strict=True)):
-        if layer.type == "BatchNormalization":
-            issues.append(
-                Issue(
-                    f"{layer_label(index, layer.type, name)}: --backend ort-training cannot train "
-                    "BatchNormalization: onnxruntime-training 1.19.2 has no gradient for it in training mode "
-                    "(batch statistics). Hint: use --backend native, or remove the layer",
-                    index,
-                    "type",
-                )  # fmt: skip
-            )
-    training = spec.training
-    if training and training.optimizer in ("momentum", "nesterov"):
+    names = layer_names(spec.layers)
+    issues = [
+        Issue(f"{layer_label(i, layer.type, names[i])}: {NO_BATCH_NORM}", i, "type")
+        for i, layer in enumerate(spec.layers)
+        if layer.type == "BatchNormalization"
+    ]
+    t = _training(spec)
+    if t.optimizer in ("momentum", "nesterov"):
+        why = f"has no '{t.optimizer}' optimizer (onnxruntime-training 1.19.2 offers plain SGD and AdamW)"
+        hint = "optimizer sgd, adam or adamw, or --backend native"
         issues.append(
-            Issue(
-                f"training.optimizer: --backend ort-training has no '{training.optimizer}' optimizer "
-                "(onnxruntime-training 1.19.2 offers plain SGD and AdamW). Hint: optimizer sgd, adam or adamw, "
-                "or --backend native",
-                None,
-                "training.optimizer",
-            )  # fmt: skip
+            Issue(f"training.optimizer: --backend ort-training {why}. Hint: {hint}", None, "training.optimizer")
         )
-    if training and training.label_smoothing > 0:
-        issues.append(
-            Issue(
-                "training.label_smoothing: --backend ort-training's CrossEntropyLoss has no label smoothing. "
-                "Hint: label_smoothing: 0, or --backend native",
-                None,
-                "training.label_smoothing",
-            )  # fmt: skip
-        )
+    if t.label_smoothing > 0:
+        why = "--backend ort-training's CrossEntropyLoss has no label smoothing"
+        hint = "label_smoothing: 0, or --backend native"
+        issues.append(Issue(f"training.label_smoothing: {why}. Hint: {hint}", None, "training.label_smoothing"))
     return issues
 
 
@@ -260,11 +252,7 @@ class OptimizerConfig:
 
     @classmethod
     def of(cls, spec: Spec) -> OptimizerConfig:
-        t = spec.training
-        if t is None:
-            from ..spec import Training
-
-            t = Training()
+        t = _training(spec)
         if t.optimizer == "sgd":
             return cls("sgd")
         # As the native backend: AdamW's decay defaults to Keras's 0.004, Adam has none.
@@ -282,9 +270,11 @@ def generate_artifacts(model: onnx.ModelProto, trainable: list[str], optimizer: 
     (folder / "base.onnx").write_bytes(model.SerializeToString())
     (folder / "config.json").write_text(json.dumps({"trainable": trainable, "optimizer": optimizer.__dict__}))
     code = "import sys; from cnnspec.training.ort_backend import _child_main; sys.exit(_child_main(sys.argv[1]))"
+    source = str(Path(__file__).resolve().parents[2])  # the child imports this cnnspec, installed or not
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
+            [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=env
         )
     except subprocess.TimeoutExpired:
         raise CnnspecError(
@@ -436,10 +426,9 @@ def one_step(
     from ..analysis import check
 
     report = check(spec)
+    spec = spec.model_copy(update={"training": _training(spec).model_copy(update={"optimizer": optimizer})})
     check_supported(spec)
-    config = OptimizerConfig.of(
-        spec.model_copy(update={"training": _training(spec).model_copy(update={"optimizer": optimizer})})
-    )
+    config = OptimizerConfig.of(spec)
     _, api = load_ort_training()
     with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
         generate_artifacts(training_graph(spec, report, params), trainable(spec, report), config, Path(temp))
@@ -454,13 +443,14 @@ def _training(spec: Spec):
     return spec.training or Training()
 
 
-def learning_rate_at(training, epoch: int, epochs: int) -> float:
-    """The schedule: constant; step (x step_gamma every step_epochs); cosine from the rate to 0 over the run."""
+def learning_rate_at(training: Any, epoch: int, step_in_run: int, steps_per_epoch: int) -> float:
+    """As the native loop: constant η; step η·γ^⌊epoch/step_epochs⌋; cosine η·(1 + cos(π·t/T))/2 over all T steps."""
     rate = training.resolved_learning_rate
     if training.schedule == "step":
         return rate * training.step_gamma ** (epoch // training.step_epochs)
     if training.schedule == "cosine":
-        return 0.5 * rate * (1 + math.cos(math.pi * epoch / epochs))
+        total = max(training.epochs * steps_per_epoch, 1)
+        return rate * 0.5 * (1 + math.cos(math.pi * step_in_run / total))
     return rate
 
 
@@ -486,9 +476,9 @@ def train(
     from ..files import atomic_write
 
     report = check(spec)
-    check_supported(spec)
     training = _training(spec).model_copy(update={k: v for k, v in overrides.items() if v is not None})
     spec = spec.model_copy(update={"training": training})
+    check_supported(spec)
     _, api = load_ort_training()
     names = [f"{row.name}.{key}" for row in report.layers for key in row.param_shapes]
     with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
@@ -540,8 +530,7 @@ class _Run:
         t = self.training
         for epoch in range(self.start, t.epochs):
             began = time.perf_counter()
-            rate = learning_rate_at(t, epoch, t.epochs)
-            row = self._epoch(trainer, train_data, epoch, rate)
+            row = self._epoch(trainer, train_data, epoch)
             if val_data is not None and len(val_data.y):
                 row["val_loss"], row["val_accuracy"] = trainer.evaluate(val_data.x, val_data.y, t.batch_size)
             row["seconds"] = round(time.perf_counter() - began, 4)
@@ -553,12 +542,14 @@ class _Run:
                 break
         return self.best if self.best is not None else trainer.params(names)
 
-    def _epoch(self, trainer: OrtTrainer, data: Any, epoch: int, rate: float) -> dict[str, Any]:
-        size, n = self.training.batch_size, len(data.y)
-        order = np.random.default_rng([self.training.seed, epoch]).permutation(n)
+    def _epoch(self, trainer: OrtTrainer, data: Any, epoch: int) -> dict[str, Any]:
+        t, n = self.training, len(data.y)
+        order = np.random.default_rng([t.seed, epoch]).permutation(n)
+        steps = math.ceil(n / t.batch_size)
         total, correct = 0.0, 0
-        for start in range(0, n, size):
-            batch = order[start : start + size]
+        for i, start in enumerate(range(0, n, t.batch_size)):
+            batch = order[start : start + t.batch_size]
+            rate = learning_rate_at(t, epoch, epoch * steps + i, steps)
             loss, hits = trainer.step(data.x[batch], data.y[batch], rate)
             total, correct = total + loss * len(batch), correct + hits
         return {"epoch": epoch + 1, "train_loss": total / n, "train_accuracy": correct / n,
