@@ -116,8 +116,10 @@ def test_learning_rate_schedule_is_the_native_loops(schedule):
     from cnnspec.spec import Training
     from cnnspec.training.command import resolve_settings
 
-    spec = spec_from_data({"name": "s", "input": {"shape": [2, 2, 1]}, "layers": [{"type": "Flatten"}],
-                           "training": {"schedule": schedule, "step_epochs": 2, "epochs": 5, "learning_rate": 0.1}})  # fmt: skip
+    training = {"schedule": schedule, "step_epochs": 2, "epochs": 5, "learning_rate": 0.1}
+    spec = spec_from_data(
+        {"name": "s", "input": {"shape": [2, 2, 1]}, "layers": [{"type": "Flatten"}], "training": training}
+    )
     native, training = resolve_settings(spec), spec.training or Training()
     for epoch, step in [(0, 0), (1, 4), (2, 9), (4, 17), (4, 19)]:
         assert ort_backend.learning_rate_at(training, epoch, step, 4) == pytest.approx(native.lr_at(epoch, step, 4))
