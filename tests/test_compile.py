@@ -19,7 +19,7 @@ import onnx
 import onnx.printer
 import onnxruntime as ort
 import pytest
-from test_compile_properties import inferred_shapes, layer_output_tensors
+from test_compile_properties import inferred_shapes, layer_output_tensors, old_runtime_outputs
 
 from cnnspec import __version__
 from cnnspec.analysis import analyze, check
@@ -267,15 +267,6 @@ def test_default_opset_and_ir_version_load_in_older_runtimes(full) -> None:
     assert full.ir_version <= 10  # onnxruntime-training 1.19.2 reads IR <= 10
 
 
-ORT_TRAINING_PYTHON = ROOT / ".venv-ort-training" / "bin" / "python"
-RUN_IN_OLD_RUNTIME = (
-    "import sys, numpy as np, onnxruntime as ort\n"
-    "for stem in sys.argv[1:]:\n"
-    "    s = ort.InferenceSession(stem + '.onnx', providers=['CPUExecutionProvider'])\n"
-    "    np.save(stem + '.out.npy', s.run(None, {'input': np.load(stem + '.npy')})[0])\n"
-)
-
-
 def zero_padding_then(pool: str) -> dict:
     layers = [
         {"type": "ZeroPadding2D", "padding": [[1, 2], [2, 1]]},
@@ -291,24 +282,13 @@ def test_models_run_the_same_in_onnxruntime_training_1_19(tmp_path: Path) -> Non
     Its PadFusion would fold ZeroPadding2D into a following pool (wrong values, or a load failure when
     the pad reaches the kernel): all-negative inputs show it.
     """
-    if not ORT_TRAINING_PYTHON.exists():
-        if os.environ.get("CNNSPEC_ORT_TRAINING") == "1":
-            pytest.fail(f"{ORT_TRAINING_PYTHON} is missing: run .ci/ort_training_env.sh")
-        pytest.skip("no .venv-ort-training (bash .ci/ort_training_env.sh builds it)")
     rng = np.random.default_rng(0)
-    cases = {"full": (FULL, rng.uniform(0, 255, (3, 4, 9, 7)))}
+    cases = {"full": (compiled(FULL), rng.uniform(0, 255, (3, 4, 9, 7)).astype(np.float32))}
     for pool in ("MaxPooling2D", "AveragePooling2D"):
-        cases[pool] = (zero_padding_then(pool), -rng.uniform(1, 2, (2, 2, 5, 4)))
-    expected = {}
-    for stem, (data, x) in cases.items():
-        model, x = compiled(data), x.astype(np.float32)
-        (tmp_path / f"{stem}.onnx").write_bytes(model_bytes(model))
-        np.save(tmp_path / f"{stem}.npy", x)
-        expected[stem] = run(model, x)
-    stems = [str(tmp_path / stem) for stem in cases]
-    subprocess.run([str(ORT_TRAINING_PYTHON), "-c", RUN_IN_OLD_RUNTIME, *stems], check=True, timeout=120)
-    for stem, want in expected.items():
-        np.testing.assert_allclose(np.load(tmp_path / f"{stem}.out.npy"), want, rtol=1e-5, atol=1e-6, err_msg=stem)
+        cases[pool] = (compiled(zero_padding_then(pool)), -rng.uniform(1, 2, (2, 2, 5, 4)).astype(np.float32))
+    outputs = old_runtime_outputs(cases, tmp_path)
+    for stem, (model, x) in cases.items():
+        np.testing.assert_allclose(outputs[stem], run(model, x), rtol=1e-5, atol=1e-6, err_msg=stem)
 
 
 def test_a_pad_before_a_pool_keeps_its_zeros_explicit() -> None:

@@ -16,10 +16,12 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import feasible_specs
 
@@ -36,6 +38,32 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+ORT_TRAINING_PYTHON = Path(__file__).resolve().parent.parent / ".venv-ort-training" / "bin" / "python"
+RUN_IN_OLD_RUNTIME = (
+    "import sys, numpy as np, onnxruntime as ort\n"
+    "for stem in sys.argv[1:]:\n"
+    "    s = ort.InferenceSession(stem + '.onnx', providers=['CPUExecutionProvider'])\n"
+    "    np.save(stem + '.out.npy', s.run(None, {'input': np.load(stem + '.npy')})[0])\n"
+)
+
+
+def old_runtime_outputs(cases: dict[str, tuple[onnx.ModelProto, np.ndarray]], folder: Path) -> dict[str, np.ndarray]:
+    """Run each (model, x) in onnxruntime-training 1.19.2 (the venv .ci/ort_training_env.sh builds).
+
+    Skips when that environment is absent, unless CNNSPEC_ORT_TRAINING=1 (CI) demands it.
+    """
+    if not ORT_TRAINING_PYTHON.exists():
+        if os.environ.get("CNNSPEC_ORT_TRAINING") == "1":
+            pytest.fail(f"{ORT_TRAINING_PYTHON} is missing: run .ci/ort_training_env.sh")
+        pytest.skip("no .venv-ort-training (bash .ci/ort_training_env.sh builds it)")
+    for stem, (model, x) in cases.items():
+        (folder / f"{stem}.onnx").write_bytes(model_bytes(model))
+        np.save(folder / f"{stem}.npy", x)
+    stems = [str(folder / stem) for stem in cases]
+    subprocess.run([str(ORT_TRAINING_PYTHON), "-c", RUN_IN_OLD_RUNTIME, *stems], check=True, timeout=300)
+    return {stem: np.load(folder / f"{stem}.out.npy") for stem in cases}
 
 
 def layer_output_tensors(model: onnx.ModelProto, names: list[str]) -> list[str]:
@@ -173,3 +201,23 @@ def test_random_specs_compile_to_the_same_bytes_under_any_hash_seed(tmp_path) ->
     here = [hashlib.sha256(model_bytes(compile_spec(spec_from_data(d), seed=5))).hexdigest() for d in drawn]
     assert runs[0] == runs[1] == here
     assert len(here) == 50
+
+
+def test_random_specs_give_the_same_outputs_in_onnxruntime_training_1_19(tmp_path) -> None:
+    """The ort-training backend's runtime computes what current onnxruntime does, for 100 drawn specs."""
+    cases: dict[str, tuple[onnx.ModelProto, np.ndarray]] = {}
+
+    @settings(max_examples=100, derandomize=True, database=None, deadline=None)
+    @given(feasible_specs())
+    def draw(data: dict) -> None:
+        spec, index = spec_from_data(data), len(cases)
+        rng = np.random.default_rng(index)  # half the inputs negative: pads and pools see both signs
+        x = rng.uniform(-1.0 if index % 2 else 0.0, 255.0, (2, *hwc_to_chw(spec.input_shape))).astype(np.float32)
+        cases[str(index)] = (compile_spec(spec, seed=index), x)
+
+    draw()
+    outputs = old_runtime_outputs(cases, tmp_path)
+    for stem, (model, x) in cases.items():
+        want = session(model).run(None, {"input": x})[0]
+        scale = max(float(np.abs(want).max()), 1e-6)
+        np.testing.assert_allclose(outputs[stem], want, rtol=1e-4, atol=1e-4 * scale, err_msg=stem)
