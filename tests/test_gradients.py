@@ -89,6 +89,13 @@ CASES = {
     "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
     "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
     "maxpool-stride1": [FIRST, {"type": "MaxPooling2D", "pool_size": [2, 3], "strides": 1}, *HEAD],
+    "maxpool-tiled": [FIRST, {"type": "ZeroPadding2D", "padding": [[0, 1], [0, 0]]}, {"type": "MaxPooling2D"}, *HEAD],
+    "maxpool-tiled-2x3": [
+        FIRST,
+        {"type": "ZeroPadding2D", "padding": [[0, 1], [0, 0]]},
+        {"type": "MaxPooling2D", "pool_size": [2, 3]},
+        *HEAD,
+    ],
     "avgpool-valid": [FIRST, {"type": "AveragePooling2D"}, *HEAD],
     "avgpool-same-overlap": [
         FIRST,
@@ -194,3 +201,37 @@ def test_missing_backward_rule_fails_loudly(monkeypatch):
     monkeypatch.delattr(Flatten, "backward")
     with pytest.raises(NotImplementedError, match="no backward rule for Flatten"):
         build_train_step(spec, report, Optimizer())
+
+
+def test_tiled_max_pool_shares_tied_gradients():
+    spec = spec_from_data(
+        {
+            "name": "ties",
+            "input": {"shape": [4, 4, 1]},
+            "layers": [
+                {"type": "Conv2D", "filters": 1, "kernel_size": 1, "use_bias": False},
+                {"type": "MaxPooling2D"},
+                {"type": "Flatten"},
+                {"type": "Dense", "units": 2},
+            ],
+        }
+    )
+    report = check(spec)
+    program = build_train_step(spec, report, Optimizer(), gradients_only=True, dtype=np.float64)
+    params = {k: v.astype(np.float64) for k, v in initial_params(spec, report).items()}
+    params["conv2d.weight"][:] = 1.0
+    x = np.ones((1, 1, 4, 4))
+    x[0, 0, 0, 0] = 2.0  # one window with a single maximum, three windows of four ties
+    got = ReferenceEvaluator(program.model, new_ops=[MaxPool]).run(None, params | {INPUT: x, LABELS: np.array([1])})
+    grads = dict(zip([o.name for o in program.model.graph.output], got, strict=True))
+    # dL/dW = Σ dx·x over the input: the tied windows pass dy/4 to each of four pixels of value 1,
+    # the first passes dy to its pixel of value 2: Σ = 2 dy0 + dy1 + dy2 + dy3 (dy = dL/d(pooled)).
+    dense_w = params["dense.weight"]
+    dlogits = _softmax(np.array([[2.0, 1.0, 1.0, 1.0]]) @ dense_w.T) - np.eye(2)[[1]]
+    dy = (dlogits @ dense_w)[0]
+    np.testing.assert_allclose(grads["grad.conv2d.weight"].ravel(), [2 * dy[0] + dy[1] + dy[2] + dy[3]], rtol=1e-12)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
