@@ -203,7 +203,7 @@ def test_missing_backward_rule_fails_loudly(monkeypatch):
         build_train_step(spec, report, Optimizer())
 
 
-def test_tiled_max_pool_shares_tied_gradients():
+def test_max_pool_ties_are_not_double_counted():
     spec = spec_from_data(
         {
             "name": "ties",
@@ -224,7 +224,7 @@ def test_tiled_max_pool_shares_tied_gradients():
     x[0, 0, 0, 0] = 2.0  # one window with a single maximum, three windows of four ties
     got = ReferenceEvaluator(program.model, new_ops=[MaxPool]).run(None, params | {INPUT: x, LABELS: np.array([1])})
     grads = dict(zip([o.name for o in program.model.graph.output], got, strict=True))
-    # dL/dW = Σ dx·x over the input: the tied windows pass dy/4 to each of four pixels of value 1,
+    # dL/dW = Σ dx·x over the input: each tied window passes its dy once (to one pixel of value 1),
     # the first passes dy to its pixel of value 2: Σ = 2 dy0 + dy1 + dy2 + dy3 (dy = dL/d(pooled)).
     dense_w = params["dense.weight"]
     dlogits = _softmax(np.array([[2.0, 1.0, 1.0, 1.0]]) @ dense_w.T) - np.eye(2)[[1]]

@@ -52,9 +52,9 @@ class _Pooling2D(Layer):
         # NOTE: Keras's average pooling with 'same' divides by the number of real (unpadded) pixels:
         # count_include_pad=0. Max pooling ignores the padding in both.
         extra = {"count_include_pad": 0} if self.onnx_op == "AveragePool" else {}
-        # In training, MaxPool also outputs where each maximum came from (flat NCHW indices), unless
-        # the windows tile the input exactly (the backward pass then compares with the maximum).
-        outputs = 2 if ctx.training and self.onnx_op == "MaxPool" and not self._tiles(ctx.in_shape) else 1
+        # In training, MaxPool also outputs where each maximum came from (flat NCHW indices).
+        # NOTE: comparing x with the upsampled maximum (no Indices) measured slower in onnxruntime.
+        outputs = 2 if ctx.training and self.onnx_op == "MaxPool" else 1
         y = g.op(
             self.onnx_op,
             [x],
@@ -83,8 +83,6 @@ class _Pooling2D(Layer):
         from .gradients import ints, output_padding, zeros_like
 
         scope, x = ctx.name, ctx.saved["x"]
-        if self.onnx_op == "MaxPool" and self._tiles(ctx.in_shape):
-            return self._max_tiled_backward(g, dy, ctx), {}
         if self.onnx_op == "MaxPool":
             flat = g.op("Reshape", [x, ints(g, scope, [-1])], scope)
             index = g.op("Reshape", [ctx.saved["indices"], ints(g, scope, [-1])], scope)
@@ -107,33 +105,6 @@ class _Pooling2D(Layer):
             output_padding=output_padding(ctx.in_shape, pads, self.pool_size, self.stride_pair, (1, 1)),
         )
         return g.op("Reshape", [dx, ints(g, scope, [-1, c, h, w])], scope), {}
-
-    def _tiles(self, shape: Shape) -> bool:
-        """Non-overlapping windows that cover the input exactly (stride = pool, no padding, no leftover)."""
-        return (
-            self.stride_pair == self.pool_size
-            and not any(self.pads(shape))
-            and shape[0] % self.pool_size[0] == 0
-            and shape[1] % self.pool_size[1] == 0
-        )
-
-    def _max_tiled_backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> str:
-        """dx = dy at the maxima of each window, split equally among ties (a valid subgradient).
-
-        NOTE: PyTorch and TensorFlow give a tied window's whole gradient to one maximum; ties need
-        equal floats in one window (e.g. zeros after relu, where relu's gradient is zero anyway).
-        MaxPool with Indices is ~15x slower than without in onnxruntime's CPU kernels, hence this path.
-        """
-        from .gradients import float_type, ints, reduce_sum
-
-        (h, w, c), (ho, wo, _) = ctx.in_shape, ctx.out_shape
-        (kh, kw), scope = self.pool_size, ctx.name
-        windows = g.op("Reshape", [ctx.saved["x"], ints(g, scope, [-1, c, ho, kh, wo, kw])], scope)
-        top = g.op("Reshape", [ctx.saved["y"], ints(g, scope, [-1, c, ho, 1, wo, 1])], scope)
-        mask = g.op("Cast", [g.op("Equal", [windows, top], scope)], scope, to=float_type(g))
-        ties = reduce_sum(g, mask, [3, 5], scope, keepdims=1)
-        share = g.op("Div", [g.op("Reshape", [dy, ints(g, scope, [-1, c, ho, 1, wo, 1])], scope), ties], scope)
-        return g.op("Reshape", [g.op("Mul", [mask, share], scope), ints(g, scope, [-1, c, h, w])], scope)
 
     def _counts(self, shape: Shape, pads: list[int], ho: int, wo: int) -> np.ndarray:
         """Real (unpadded) pixels in each window: the product of the per-axis counts."""
