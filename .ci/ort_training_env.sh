@@ -30,4 +30,6 @@ if ! ready; then
 fi
 # cnnspec itself without its dependencies: they would pull the current onnxruntime over the training build.
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$root"
+# The marker tells tests/ort_training that this environment must have a working onnxruntime-training.
+touch "$venv/.cnnspec-ort-training-env"
 "$venv/bin/python" -c 'import onnxruntime, cnnspec; print("ort-training env:", onnxruntime.__version__, "cnnspec", cnnspec.__version__)'

@@ -1,17 +1,19 @@
 """Tests that run inside the onnxruntime-training environment that `.ci/ort_training_env.sh` makes.
 
     bash .ci/ort_training_env.sh
-    CNNSPEC_ORT_TRAINING=1 .venv-ort-training/bin/python -m pytest tests/ort_training --confcutdir tests/ort_training
+    .venv-ort-training/bin/python -m pytest tests/ort_training --confcutdir tests/ort_training
 
-With CNNSPEC_ORT_TRAINING=1 (as CI runs them) a missing or broken onnxruntime-training fails every test: it
-is never skipped. Without it, in an environment that lacks the package (cnnspec's main one), the folder is
-not collected at all: the main environment's side is tests/test_ort_backend_main_env.py.
+That environment carries a marker file (MARKER in its sys.prefix): there, a missing or broken
+onnxruntime-training fails every test, never skips one. In an environment without the marker and without the
+package (cnnspec's main one, even under CNNSPEC_ORT_TRAINING=1) the folder is not collected at all; the main
+environment's side is tests/test_ort_backend_main_env.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ from cnnspec.training.ort_backend import BackendMissing, load_ort_training
 
 from .ort_helpers import ROOT
 
-REQUIRED = os.environ.get("CNNSPEC_ORT_TRAINING") == "1"
+MARKER = ".cnnspec-ort-training-env"  # written by .ci/ort_training_env.sh
+REQUIRED = (Path(sys.prefix) / MARKER).is_file()
 
 
 def _available() -> bool:
