@@ -334,10 +334,12 @@ def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]
 
 def spec_from_data(data: Any, source: str = "spec") -> Spec:
     """Validate parsed data as a Spec; every problem at once in one SpecError."""
+    hint = "Hint: start from one of the specs in specs/ (seed.yaml is the smallest)"
     if data is None:
-        raise SpecError(f"{source}: spec is empty")
+        raise SpecError(f"{source}: spec is empty; it needs at least name, input and layers. {hint}")
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec must be a mapping (name, input, layers, ...), not a {type(data).__name__}")
+        kind = {list: "a list", str: "plain text"}.get(type(data), f"a {type(data).__name__}")
+        raise SpecError(f"{source}: a spec must be a mapping (name: ..., input: ..., layers: ...), not {kind}. {hint}")
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
