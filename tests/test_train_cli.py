@@ -192,3 +192,26 @@ def test_digits_reach_97_percent(tmp_path: Path):
     scores = session.run(None, {"input": x_test[:, None].astype(np.float32)})[0]
     accuracy = float((scores.argmax(1) == y_test).mean())
     assert accuracy >= 0.97, accuracy
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_kill_9_at_random_time_then_resume(work: Path, trial: int):
+    import random
+    import time
+
+    assert cnnspec(*run_args(work, "straight.onnx")).returncode == 0
+    ck = work / "ck"
+    args = [sys.executable, "-m", "cnnspec", *map(str, run_args(work, "k.onnx", "--checkpoint-dir", ck, "--resume"))]
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(trial).uniform(0.5, 2.5))
+    proc.kill()
+    proc.wait()
+    if (ck / "LATEST").exists():  # every committed checkpoint is complete and matches its sha256
+        from cnnspec.training.checkpoints import CheckpointDir
+
+        with CheckpointDir(ck) as folder:
+            assert folder.load_latest() is not None
+    resumed = cnnspec(*args[3:])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(work / "straight.onnx"), weights(work / "k.onnx")
+    assert all(np.array_equal(a[k], b[k]) for k in a)

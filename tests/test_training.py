@@ -210,3 +210,13 @@ def test_train_step_graph_is_standard_domain_only():
     assert outputs[:2] == ["loss", "correct"]
     assert set(outputs[2:]) == {new(n) for n in program.params + program.state}
     ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_cuda_matches_cpu():
+    spec = spec_from_data(NET)
+    settings = resolve_settings(spec, epochs=1)
+    cpu = train_model(spec, separable(), None, settings, log=lambda line: None)
+    gpu = train_model(spec, separable(), None, settings, device="cuda", log=lambda line: None)
+    for k in cpu.params:
+        np.testing.assert_allclose(gpu.params[k], cpu.params[k], rtol=1e-3, atol=1e-4, err_msg=k)
