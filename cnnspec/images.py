@@ -129,7 +129,7 @@ def open_image(data: bytes, source: str) -> Image.Image:
         raise _bomb_error(source, str(exc)) from None
     except UnidentifiedImageError:
         raise _unidentified(data, source) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _corrupt(source, exc) from None
     w, h = img.size
     if w * h > MAX_PIXELS:  # formats whose size Pillow learns late (and a belt to the braces above)
@@ -137,6 +137,11 @@ def open_image(data: bytes, source: str) -> Image.Image:
     if w < 1 or h < 1:
         raise ImageError(f"'{source}': image has no pixels ({w}x{h})")
     return img
+
+
+# What Pillow raises on malformed files; TypeError and KeyError come from broken TIFF tags (found by fuzzing).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, TypeError, KeyError,
+                  ZeroDivisionError)  # fmt: skip
 
 
 def _bomb_error(source: str, pillow_message: str) -> ImageError:
@@ -174,7 +179,7 @@ def decode(data: bytes, source: str, size_hw: tuple[int, int] | None = None, dra
         return ImageOps.exif_transpose(img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise _bomb_error(source, str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+    except _DECODE_ERRORS as exc:
         raise _corrupt(source, exc) from None
 
 
