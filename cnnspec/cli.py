@@ -255,9 +255,9 @@ def train(
     from .training.command import train_command
 
     if val_split is not None and not 0 < val_split < 1:
-        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="--val-split")
+        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
-        raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="--learning-rate")
+        raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
     train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, epochs=epochs, batch_size=batch_size,

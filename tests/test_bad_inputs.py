@@ -298,7 +298,7 @@ def test_row22_bad_option_values(work: Path, command: str, option: str, value: s
     (work / "s.yaml").write_text(BASE_YAML)
     (work / "m.onnx").write_bytes(b"")
     (work / "img.png").write_bytes(png_bytes())
-    positional = {"compile": ["s.yaml", "-o", "out.onnx"], "run": ["m.onnx", "img.png"], "train": ["s.yaml"]}
+    positional = {"compile": ["s.yaml", "-o", "out.onnx"], "run": ["m.onnx", "img.png"], "train": ["s.yaml", "--data", "d.npz", "-o", "out.onnx"]}
     before = snapshot(work)
     result = cli([command, *positional[command], option, value], work)
     assert_failure(result, f"Invalid value for '{option}'", 2)
