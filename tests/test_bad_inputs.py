@@ -298,7 +298,8 @@ def test_row22_bad_option_values(work: Path, command: str, option: str, value: s
     (work / "s.yaml").write_text(BASE_YAML)
     (work / "m.onnx").write_bytes(b"")
     (work / "img.png").write_bytes(png_bytes())
-    positional = {"compile": ["s.yaml", "-o", "out.onnx"], "run": ["m.onnx", "img.png"], "train": ["s.yaml", "--data", "d.npz", "-o", "out.onnx"]}
+    positional = {"compile": ["s.yaml", "-o", "out.onnx"], "run": ["m.onnx", "img.png"],
+                  "train": ["s.yaml", "--data", "d.npz", "-o", "out.onnx"]}  # fmt: skip
     before = snapshot(work)
     result = cli([command, *positional[command], option, value], work)
     assert_failure(result, f"Invalid value for '{option}'", 2)
@@ -321,3 +322,48 @@ def test_row40_closed_pipe_is_quiet(work: Path, json_mode: bool) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) in (0, 141)
     assert err == ""
+
+
+# ---- the error boundary itself (in-process) -------------------------------------------------------------
+
+
+def test_validate_exits_1_when_shapes_fail(work: Path) -> None:
+    (work / "s.json").write_text(json.dumps(with_changes(lambda s: s["layers"].pop(2))))
+    assert_failure(cli(["validate", "s.json"], work), "Dense needs a flat input", 1)
+    result = cli(["validate", "--json", "s.json"], work)
+    assert result.code == 1 and json.loads(result.out)["errors"][0]["layer"] == 2
+
+
+def _boundary(monkeypatch: pytest.MonkeyPatch, exc: BaseException, debug: bool = False) -> int:
+    import cnnspec.spec
+    from cnnspec.cli import main
+
+    def boom(path):
+        raise exc
+
+    monkeypatch.setattr(cnnspec.spec, "load_spec", boom)
+    monkeypatch.setenv("CNNSPEC_DEBUG", "1" if debug else "0")
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "any.yaml"])
+    return info.value.code
+
+
+def test_unexpected_exception_is_an_internal_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    assert _boundary(monkeypatch, RuntimeError("boom")) == 1
+    err = capsys.readouterr().err
+    assert err == "internal error: RuntimeError: boom (set CNNSPEC_DEBUG=1 for a traceback)\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        _boundary(monkeypatch, RuntimeError("boom"), debug=True)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "message"),
+    [
+        (KeyboardInterrupt(), 130, "error: interrupted"),
+        (PermissionError(13, "Permission denied", "s.yaml"), 1, "error: cannot access 's.yaml': Permission denied"),
+        (MemoryError(), 1, "error: out of memory"),
+    ],
+)
+def test_boundary_maps_environment_failures(monkeypatch: pytest.MonkeyPatch, capsys, exc, code, message) -> None:
+    assert _boundary(monkeypatch, exc) == code
+    assert capsys.readouterr().err.startswith(message)
