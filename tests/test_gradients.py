@@ -85,6 +85,7 @@ CASES = {
     "conv-stride3-leftover": [FIRST, conv(kernel_size=[2, 3], strides=3), *HEAD],
     "conv-groups2-explicit-pads": [FIRST, conv(groups=2, padding=[1, 2], kernel_size=[3, 2]), *HEAD],
     "conv-depthwise-stride21": [FIRST, conv(groups=4, strides=[2, 1], padding="same", use_bias=False), *HEAD],
+    "conv-2x5-same-stride2-swapped-conv": [FIRST, conv(kernel_size=[2, 5], strides=2, padding="same"), *HEAD],
     "conv-first-layer": [conv(padding="same", strides=2), *HEAD],
     "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
     "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
