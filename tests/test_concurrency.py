@@ -98,3 +98,28 @@ def test_reader_never_sees_a_partial_model(singles: dict, tmp_path: Path) -> Non
         reads += 1
     finish(writers)
     assert stale_temps(out) == []
+
+
+def test_run_while_a_writer_recompiles(singles: dict, tmp_path: Path) -> None:
+    """`cnnspec run` on the output while writers replace it: every run succeeds, on the old or the new model.
+
+    CNNSPEC_READER_RUNS sets the number of runs (5 in CI; the nightly profile uses 200 runs, 100 writes).
+    """
+    import json
+
+    from PIL import Image
+
+    runs = int(os.environ.get("CNNSPEC_READER_RUNS", "5"))
+    out, image = tmp_path / "out.onnx", tmp_path / "img.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(image)
+    finish([start(singles["spec"], out, 1)])
+    writers: list[subprocess.Popen] = []
+    for n in range(runs):
+        if all(p.poll() is not None for p in writers):  # keep one writer busy replacing the file
+            writers.append(start(singles["spec"], out, 1 + n % 2))
+        args = [sys.executable, "-m", "cnnspec", "run", str(out), str(image), "--json"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)[0]["error"] is None
+    finish(writers)
+    assert stale_temps(out) == []
