@@ -367,3 +367,20 @@ def test_unexpected_exception_is_an_internal_error(monkeypatch: pytest.MonkeyPat
 def test_boundary_maps_environment_failures(monkeypatch: pytest.MonkeyPatch, capsys, exc, code, message) -> None:
     assert _boundary(monkeypatch, exc) == code
     assert capsys.readouterr().err.startswith(message)
+
+
+def test_row40_run_json_into_a_closed_pipe(work: Path) -> None:
+    if "run" not in _commands():
+        pytest.skip("the 'run' command does not exist yet")
+    (work / "s.yaml").write_text(BASE_YAML)
+    assert cli(["compile", "s.yaml", "-o", "m.onnx"], work).code == 0
+    png = png_bytes()
+    (work / "imgs").mkdir()
+    for n in range(400):  # ~80 KB of JSON: more than a pipe buffer
+        (work / "imgs" / f"{n}.png").write_bytes(png)
+    proc = subprocess.Popen([sys.executable, "-m", "cnnspec", "run", "m.onnx", "imgs", "--json"], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout.read(1) == b"["
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141) and err == "", err
