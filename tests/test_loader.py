@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnspec.errors import SpecError, UsageError
 from cnnspec.loader import MAX_DEPTH, MAX_SPEC_BYTES, parse_spec_text, read_spec_file
@@ -300,3 +302,15 @@ def test_odd_inputs_give_a_spec_error_or_data(text: str, json_format: bool) -> N
         load(text, json_format)
     except SpecError as exc:
         assert str(exc).startswith("spec.yaml: ") and "\n" not in str(exc)
+
+
+YAMLISH = st.text(alphabet=st.sampled_from(list("ab01:-[]{},&*!?|>'\"#%@`~.eE+\\ \t\n")), max_size=60)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.one_of(YAMLISH, st.binary(max_size=60).map(lambda b: b.decode("latin-1"))), st.booleans())
+def test_random_text_gives_data_or_a_spec_error(text: str, json_format: bool) -> None:
+    try:
+        load(text.encode("utf-8", "surrogatepass"), json_format)
+    except SpecError as exc:
+        assert str(exc).startswith("spec.yaml: ")
