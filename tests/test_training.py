@@ -220,3 +220,34 @@ def test_cuda_matches_cpu():
     gpu = train_model(spec, separable(), None, settings, device="cuda", log=lambda line: None)
     for k in cpu.params:
         np.testing.assert_allclose(gpu.params[k], cpu.params[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_schedules():
+    spec = spec_from_data(NET)
+    constant = resolve_settings(spec, learning_rate=0.1)
+    assert constant.lr_at(7, 100, 10) == 0.1
+    step = resolve_settings(spec, learning_rate=0.1, schedule="step", step_epochs=2, step_gamma=0.5)
+    assert [step.lr_at(e, 0, 10) for e in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    cosine = resolve_settings(spec, learning_rate=0.1, schedule="cosine", epochs=2)
+    assert cosine.lr_at(0, 0, 10) == 0.1
+    assert cosine.lr_at(1, 10, 10) == pytest.approx(0.05)
+    assert cosine.lr_at(1, 19, 10) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 19 / 20)))
+
+
+def test_validation_split_reports_val_metrics():
+    spec = spec_from_data(NET)
+    settings = resolve_settings(spec, epochs=2, val_split=0.25)
+    from cnnspec.training.loop import split
+
+    train_part, val_part = split(separable(), 0.25, settings.seed)
+    assert len(val_part.y) == 24 and len(train_part.y) == 72
+    result = train_model(spec, train_part, val_part, settings, log=lambda line: None)
+    assert all(row["val_loss"] is not None and 0 <= row["val_accuracy"] <= 1 for row in result.history)
+
+
+def test_cli_options_override_the_spec_training_section():
+    spec = spec_from_data(NET)
+    s = resolve_settings(spec, epochs=9, batch_size=7, learning_rate=0.5, seed=3, optimizer="sgd")
+    assert (s.epochs, s.batch_size, s.learning_rate, s.seed, s.optimizer.kind) == (9, 7, 0.5, 3, "sgd")
+    default = resolve_settings(spec)
+    assert (default.epochs, default.batch_size, default.learning_rate) == (4, 16, 0.01)
