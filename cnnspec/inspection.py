@@ -24,18 +24,25 @@ def inspect_model(path: Path, console: Any) -> None:
         except (SpecError, ValueError) as exc:
             raise CnnspecError(f"{path}: the embedded spec is damaged: {exc}") from None
         render_report(report, console)
-        console.print(f"labels: {', '.join(report.labels)}", markup=False)
-        console.print(f"preprocess: {meta.get('cnnspec.preprocess')}", markup=False)
-        console.print(f"made by cnnspec {meta.get('cnnspec.version', '?')}; opset {_opset(model)}", markup=False)
+        console.print(f"labels: {_safe(', '.join(report.labels))}", markup=False)
+        console.print(f"preprocess: {_safe(str(meta.get('cnnspec.preprocess')))}", markup=False)
+        console.print(f"made by cnnspec {_safe(meta.get('cnnspec.version', '?'))}; opset {_opset(model)}", markup=False)
         return
-    console.print(f"{path}: not made by cnnspec (producer {model.producer_name or '?'}, opset {_opset(model)})")
+    producer = _safe(model.producer_name or "?")
+    console.print(f"{path}: not made by cnnspec (producer {producer}, opset {_opset(model)})", markup=False)
     for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
         initializers = {t.name for t in model.graph.initializer}
         for v in values:
             if v.name not in initializers:
-                console.print(f"  {kind} {v.name}: {_type_text(v)}", markup=False)
+                console.print(f"  {kind} {_safe(v.name)}: {_safe(_type_text(v))}", markup=False)
     counts = Counter(node.op_type for node in model.graph.node)
-    console.print("  ops: " + ", ".join(f"{op} x{n}" for op, n in counts.most_common()), markup=False)
+    console.print("  ops: " + _safe(", ".join(f"{op} x{n}" for op, n in counts.most_common()), 2000), markup=False)
+
+
+def _safe(text: str, limit: int = 200) -> str:
+    """Text from an untrusted model, printable: control characters (terminal escapes) escaped, length capped."""
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _opset(model: Any) -> int | str:
@@ -47,4 +54,8 @@ def _type_text(value: Any) -> str:
 
     t = value.type.tensor_type
     dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in t.shape.dim]
-    return f"{helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else '?'}[{', '.join(dims)}]"
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else "?"
+    except KeyError:  # an element type this onnx does not know (found by fuzzing)
+        dtype = f"type {t.elem_type}"
+    return f"{dtype}[{', '.join(dims)}]"

@@ -198,7 +198,9 @@ def _describe(values: list[onnx.ValueInfoProto]) -> str:
     parts = []
     for v in values:
         elem = v.type.tensor_type.elem_type
-        dtype = onnx.TensorProto.DataType.Name(elem).lower() if elem else "?"
+        # an elem_type unknown to this onnx (found by fuzzing) is shown as its number, not a ValueError
+        known = elem in onnx.TensorProto.DataType.values()
+        dtype = onnx.TensorProto.DataType.Name(elem).lower() if known and elem else f"type {elem}" if elem else "?"
         dims = _dims(v)
         parts.append(f"'{v.name}' is {dtype}[{', '.join(map(str, dims)) if dims is not None else '?'}]")
     return f"found {len(values)}: " + "; ".join(parts)

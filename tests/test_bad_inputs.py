@@ -384,3 +384,19 @@ def test_row40_run_json_into_a_closed_pipe(work: Path) -> None:
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 141) and err == "", err
+
+
+def test_inspect_escapes_untrusted_text(work: Path) -> None:
+    import onnx
+
+    (work / "s.yaml").write_text(BASE_YAML)
+    assert cli(["compile", "s.yaml", "-o", "m.onnx"], work).code == 0
+    model = onnx.load(work / "m.onnx")
+    del model.metadata_props[:]  # a foreign model: inspect prints its own strings
+    model.producer_name = "evil\x1b[2J"
+    model.graph.input[0].name = "in\x1b[31m"
+    model.graph.input[0].type.tensor_type.elem_type = 33  # unknown to this onnx (a fuzzing finding)
+    (work / "evil.onnx").write_bytes(model.SerializeToString())
+    result = cli(["inspect", "evil.onnx"], work)
+    assert result.code == 0, result.err
+    assert "\x1b" not in result.out and "evil\\x1b[2J" in result.out and "type 33" in result.out
