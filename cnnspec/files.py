@@ -114,7 +114,7 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
             _write_all(fd, data)
         finally:
             os.close(fd)
-        os.chmod(temp, mode & ~_umask())
+        os.chmod(temp, mode & ~_UMASK)
         _test_hook()
         os.replace(temp, path)
         temp = None
@@ -135,11 +135,14 @@ def _test_hook() -> None:
         time.sleep(60)
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it; done once per write, in one thread.
+def _read_umask() -> int:
+    # os.umask can only be read by setting it, which is not thread-safe: read it once, at import.
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
