@@ -82,7 +82,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def make_session(model: bytes, device: str = "cpu", threads: int | None = None) -> Any:
+def make_session(
+    model: bytes, device: str = "cpu", threads: int | None = None, config: dict[str, str] | None = None
+) -> Any:
     """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
 
     ORT_ENABLE_ALL turns on the layout pass (NCHWc blocked Conv kernels on x86) and Conv+activation fusions.
@@ -98,6 +100,8 @@ def make_session(model: bytes, device: str = "cpu", threads: int | None = None) 
     options.intra_op_num_threads = threads or 0  # 0: one per physical core
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: warnings must not leak into `run --json` pipelines
+    for key, value in (config or {}).items():  # session config entries (training turns off spinning)
+        options.add_session_config_entry(key, value)
     providers = [CUDA, CPU] if device == "cuda" else [CPU]
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)

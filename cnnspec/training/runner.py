@@ -15,6 +15,11 @@ from ..compiler import model_bytes
 from ..runtime import make_session
 from .program import CORRECT, INPUT, LABELS, LOSS, LR, STEP, Program, new
 
+# NOTE: a train step is hundreds of operators; onnxruntime's spinning worker threads then lose most of
+# the time when another process holds a core (measured here: 2 spinning threads 2x slower than 1).
+# Without spinning, idle workers sleep and a busy machine costs little.
+NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
+
 
 class StepRunner:
     """One train-step session and the device-resident values of its parameters and state."""
@@ -23,7 +28,7 @@ class StepRunner:
         import onnxruntime as ort
 
         self.program, self.device = program, device
-        self.session = make_session(model_bytes(program.model), device, threads)
+        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING)
         self.names = program.params + program.state
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ort = ort
@@ -74,7 +79,7 @@ class Evaluator:
 
     def __init__(self, program: Program, device: str = "cpu", threads: int | None = None) -> None:
         self.program = program
-        self.session = make_session(model_bytes(program.model), device, threads)
+        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING)
 
     def __call__(self, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
         total, correct = 0.0, 0
