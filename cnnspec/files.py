@@ -9,7 +9,9 @@ over the destination (rename is atomic within one file system). Temp files of wr
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import sys
 import tempfile
 import time
@@ -68,21 +70,24 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name[:_NAME_KEEP]}."
 
 
+def _temp_pid(path: Path, temp: Path) -> int | None:
+    """The writer's pid from a temp file name '.<name>.<pid>.<random>.cnnspec-tmp'; None if not this output's."""
+    match = re.fullmatch(r"(\d+)\.[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX), temp.name[len(_temp_prefix(path)) :])
+    return int(match.group(1)) if match else None
+
+
 def stale_temps(path: str | Path) -> list[Path]:
     """Temp files next to `path` left by writers of `path` (alive or dead)."""
     path = Path(path)
-    return sorted(path.parent.glob(f"{_temp_prefix(path)}*{TEMP_SUFFIX}"))
+    found = path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{TEMP_SUFFIX}")
+    return sorted(t for t in found if _temp_pid(path, t) is not None)
 
 
 def _remove_stale_temps(path: Path) -> None:
     """Remove temp files of this output left by writers that were killed (their pid is gone)."""
-    prefix = _temp_prefix(path)
     for temp in stale_temps(path):
-        try:
-            pid = int(temp.name[len(prefix) :].split(".")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        pid = _temp_pid(path, temp)
+        if pid is not None and not _pid_alive(pid):
             with contextlib.suppress(OSError):
                 temp.unlink()
 

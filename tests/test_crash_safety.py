@@ -254,3 +254,15 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_cleanup_touches_only_this_outputs_dead_temps(tmp_path: Path) -> None:
+    dead = 2**22 + 12345  # above the default pid_max (4,194,304): no such process
+    mine = tmp_path / f".m[1].onnx.{dead}.abcd1234{TEMP_SUFFIX}"  # glob characters in the name
+    other_output = tmp_path / f".m[1].onnx.5.{dead}.abcd1234{TEMP_SUFFIX}"  # a temp of 'm[1].onnx.5'
+    alive = tmp_path / f".m[1].onnx.{os.getpid()}.abcd1234{TEMP_SUFFIX}"
+    for temp in (mine, other_output, alive):
+        temp.write_text("partial")
+    assert stale_temps(tmp_path / "m[1].onnx") == sorted([mine, alive])
+    atomic_write(tmp_path / "m[1].onnx", b"model")
+    assert sorted(tmp_path.iterdir()) == sorted([other_output, alive, tmp_path / "m[1].onnx"])
