@@ -157,8 +157,8 @@ def _apply(op: str, args: list, a: dict, F, torch):
     x = args[0]
     simple = {
         "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf, "Identity": lambda t: t,
-        "Dropout": lambda t: t, "GlobalAveragePool": lambda t: t.mean((2, 3), keepdim=True),
-        "GlobalMaxPool": lambda t: t.amax((2, 3), keepdim=True),
+        "Dropout": lambda t: t, "GlobalAveragePool": lambda t: F.adaptive_avg_pool2d(t, 1),
+        "GlobalMaxPool": lambda t: F.adaptive_max_pool2d(t, 1),
     }  # fmt: skip
     if op in simple:
         return simple[op](x)
@@ -212,7 +212,29 @@ def torch_runners(model: onnx.ModelProto, chw, threads: int | None, device: str)
     net.to(dev)
     if exported is not None:
         out["ort(torch export)"] = ort_runner(exported, device, threads)
+        ours, theirs = optimized_ops(model_bytes(model)), optimized_ops(exported)
+        same = "identical" if ours == theirs else f"different:\n    cnnspec {ours}\n    export  {theirs}"
+        print(f"  {model.graph.name}: optimized graphs (cnnspec vs torch export) {same}")
     return out
+
+
+def optimized_ops(model: bytes) -> list[str]:
+    """The node list onnxruntime actually runs after ORT_ENABLE_ALL (NCHWc, fusions), for comparing two graphs.
+
+    A diagnostic session (it saves its optimized graph to a temp file), not one that runs anything.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return [f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in graph.node]
 
 
 def _torch_export(net, chw) -> bytes | None:
