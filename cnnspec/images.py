@@ -16,8 +16,10 @@ Why black: a fully transparent pixel then contributes 0 (as with premultiplied a
 padding a 'same' convolution adds), and the classic grayscale data sets (MNIST and friends) draw light strokes
 on a 0 background, so a transparent-background PNG of a digit lands in the training distribution.
 
-Resizing uses Pillow's BILINEAR filter, which on down-scaling widens its support to the scale factor
-(antialiased, like Keras's image_dataset_from_directory default 'bilinear' with antialiasing). `resize`:
+Resizing uses Pillow's BILINEAR filter, which on down-scaling widens its support to the scale factor, so it is
+antialiased (like torchvision's antialias=True or tf.image.resize(antialias=True)).
+NOTE: Keras's image_dataset_from_directory also says 'bilinear' but does not antialias, so a photo shrunk
+a lot differs slightly from what Keras would feed; at equal sizes no resampling happens at all. `resize`:
   stretch  scale each axis to H x W (aspect ratio not kept; Keras's default)
   fit      scale to fit inside H x W keeping the aspect ratio, pad the rest with black (centred)
   crop     scale to cover H x W keeping the aspect ratio, cut the overflow (centred)
