@@ -56,6 +56,9 @@ RESIZE_MODES: tuple[str, ...] = ("stretch", "fit", "crop")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Pillow warns (UserWarning) about damaged metadata tags it skips, e.g. "Possibly corrupt EXIF data"; the pixels
+# still decode fully (missing pixel data raises instead), and `run --json` must keep stderr clean.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 # Formats Pillow (or nothing) could read that cnnspec refuses, by their first bytes: named in the error.
 _KNOWN_MAGIC = (

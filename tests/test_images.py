@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cnnspec import images
@@ -284,3 +286,48 @@ def test_byte_cap(tmp_path, monkeypatch):
     path = save(Image.fromarray(gradient(64, 64)), tmp_path / "x.png")
     with pytest.raises(ImageError, match="limit"):
         load_image(path, (1, 8, 8))
+
+
+# ---- mutation fuzzing: whatever the bytes, the only way out is an array or an ImageError ------------------------
+
+SEEDS: dict[str, bytes] = {}
+
+
+def seed_files() -> dict[str, bytes]:
+    if not SEEDS:
+        img = Image.fromarray(gradient(12, 9))
+        for fmt, mode in (
+            ("PNG", "RGBA"),
+            ("JPEG", "RGB"),
+            ("GIF", "P"),
+            ("BMP", "RGB"),
+            ("TIFF", "CMYK"),
+            ("WEBP", "RGB"),
+        ):
+            buf = io.BytesIO()
+            img.convert(mode).save(buf, fmt)
+            SEEDS[fmt] = buf.getvalue()
+    return SEEDS
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]), data=st.data())
+def test_mutated_images_fail_only_with_image_error(fmt, data):
+    raw = bytearray(seed_files()[fmt])
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if kind == "flip":
+            raw[at] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del raw[at : at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        if not raw:
+            break
+    try:
+        img = images.decode(bytes(raw), "fuzz", (8, 8))
+        out = images.image_to_array(img, data.draw(st.sampled_from([1, 3, 4])), (8, 8), "stretch", "fuzz")
+    except ImageError:
+        return
+    assert out.shape[1:] == (8, 8) and np.isfinite(out).all()
