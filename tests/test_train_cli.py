@@ -215,3 +215,10 @@ def test_kill_9_at_random_time_then_resume(work: Path, trial: int):
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(work / "straight.onnx"), weights(work / "k.onnx")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
+def test_device_cuda_without_onnxruntime_gpu_is_a_clear_error(work: Path):
+    r = cnnspec("train", work / "spec.yaml", "--data", work / "data.npz", "-o", work / "o.onnx", "--device", "cuda")
+    assert r.returncode == 1 and "CUDA" in r.stderr and "Traceback" not in r.stderr
+    assert not (work / "o.onnx").exists()
