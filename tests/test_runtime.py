@@ -7,12 +7,14 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from cnnspec.compiler import compile_spec, model_bytes
 from cnnspec.errors import ModelError, UsageError
-from cnnspec.modelfile import check_runnable
+from cnnspec.modelfile import check_runnable, parse_model
 from cnnspec.runtime import Classifier, Preprocess, evaluate, preprocess_from_options, resolve_device
 from cnnspec.spec import spec_from_data
 
@@ -270,3 +272,32 @@ def test_sparse_initializer_refused(tmp_path):
     model = mutated(tmp_path, lambda m: m.graph.sparse_initializer.add())
     with pytest.raises(ModelError, match="sparse initializers are not supported"):
         check_runnable(model, "m.onnx")
+
+
+# ---- mutation fuzzing of the pre-checks: junk models end in ModelError, never in another exception ---------------
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_models_fail_only_with_model_error(data):
+    raw = bytearray(SMALL_BYTES())
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if data.draw(st.booleans()):
+            raw[at] = data.draw(st.integers(0, 255))
+        else:
+            del raw[at : at + data.draw(st.integers(1, 32))]
+    try:
+        info = check_runnable(parse_model(bytes(raw), "fuzz.onnx"), "fuzz.onnx")
+    except ModelError:
+        return
+    assert len(info.chw) == 3 and all(d > 0 for d in info.chw)
+
+
+_CACHE: dict[str, bytes] = {}
+
+
+def SMALL_BYTES() -> bytes:  # noqa: N802 - a lazily built constant
+    if "small" not in _CACHE:
+        _CACHE["small"] = model_bytes(compile_spec(spec_from_data(SMALL), seed=0))
+    return _CACHE["small"]
