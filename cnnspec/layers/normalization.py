@@ -97,22 +97,29 @@ class BatchNormalization(Layer):
         return y
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
-        """Training-mode batch norm, with means over the batch (and H, W) axes:
+        """Training-mode batch norm, with sums S over the batch (and H, W) axes, m values per channel:
 
-        dβ = Σ dy,  dγ = Σ dy ⊙ x̂,  and with g = dy ⊙ γ:
-        dx = (g - E[g] - x̂ ⊙ E[g ⊙ x̂]) / √(var + ε)   (the batch mean and variance depend on x too)
+        dβ = S[dy],  dγ = S[dy ⊙ x̂],  and since the batch mean and variance depend on x too,
+        dx = γ/√(var + ε) · (dy - S[dy]/m - x̂ ⊙ S[dy ⊙ x̂]/m) = a ⊙ dy + c1 ⊙ x̂ + c0, with the
+        per-channel a = γ/√(var + ε), c1 = -a S[dy ⊙ x̂]/m, c0 = -a S[dy]/m (4 passes over dy).
         """
-        from .gradients import channel_axes, reduce_mean, reduce_sum
+        from .gradients import channel_axes, float_type, ints, reduce_sum
 
-        scope, axes, s = ctx.name, channel_axes(ctx.in_shape), ctx.saved
+        scope, axes, s, c = ctx.name, channel_axes(ctx.in_shape), ctx.saved, ctx.in_shape[-1]
+        sum_dy = reduce_sum(g, dy, axes, scope, keepdims=1)
+        sum_dy_xhat = reduce_sum(g, g.op("Mul", [dy, s["xhat"]], scope), axes, scope, keepdims=1)
         grads = {}
         if self.scale:
-            grads["weight"] = reduce_sum(g, g.op("Mul", [dy, s["xhat"]], scope), axes, scope)
+            grads["weight"] = g.op("Reshape", [sum_dy_xhat, ints(g, scope, [c])], scope)
         if self.center:
-            grads["bias"] = reduce_sum(g, dy, axes, scope)
+            grads["bias"] = g.op("Reshape", [sum_dy, ints(g, scope, [c])], scope)
         if ctx.saved.get("no_dx"):
             return None, grads
-        dxhat = g.op("Mul", [dy, s["gamma"]], scope) if self.scale else dy
-        proj = g.op("Mul", [s["xhat"], reduce_mean(g, g.op("Mul", [dxhat, s["xhat"]], scope), axes, scope)], scope)
-        centred = g.op("Sub", [g.op("Sub", [dxhat, reduce_mean(g, dxhat, axes, scope)], scope), proj], scope)
-        return g.op("Mul", [centred, s["inv"]], scope), grads
+        a = g.op("Mul", [s["gamma"], s["inv"]], scope) if self.scale else s["inv"]
+        per_channel = g.op("Cast", [g.op("Size", [dy], scope)], scope, to=float_type(g))  # m·C
+        k = g.op(
+            "Neg", [g.op("Div", [g.op("Mul", [a, g.constant(scope, float(c))], scope), per_channel], scope)], scope
+        )
+        c1, c0 = g.op("Mul", [k, sum_dy_xhat], scope), g.op("Mul", [k, sum_dy], scope)
+        dx = g.op("Add", [g.op("Mul", [dy, a], scope), g.op("Mul", [s["xhat"], c1], scope)], scope)
+        return g.op("Add", [dx, c0], scope), grads
