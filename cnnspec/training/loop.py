@@ -116,7 +116,7 @@ class Loop:
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         try:
             self.runner.load(self.state.params, self.state.opt)
-            stopped = False
+            stopped = bool(self.state.best_info.get("stopped"))  # a resumed run that had stopped early
             while self.state.epoch < self.settings.epochs and not stopped:
                 stopped = self._epoch()
         finally:
@@ -200,6 +200,7 @@ class Loop:
             return False
         info["bad_epochs"] += 1
         if info["bad_epochs"] >= self.settings.patience:
+            info["stopped"] = True
             self.log(f"early stopping: no better loss for {info['bad_epochs']} epochs; best epoch {info['epoch']}")
             return True
         return False
