@@ -209,6 +209,6 @@ def _ort_training(spec: Spec, train: Data, output: Path, held, checkpoint_dir, r
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         metrics_json=metrics_json,
-        **overrides,
+        **{k: v for k, v in overrides.items() if k != "val_split"},  # the split is already made (load_data)
     )
     return Result({}, history)
