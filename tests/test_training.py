@@ -251,3 +251,28 @@ def test_cli_options_override_the_spec_training_section():
     assert (s.epochs, s.batch_size, s.learning_rate, s.seed, s.optimizer.kind) == (9, 7, 0.5, 3, "sgd")
     default = resolve_settings(spec)
     assert (default.epochs, default.batch_size, default.learning_rate) == (4, 16, 0.01)
+
+
+def test_exported_train_step_driven_by_hand_equals_the_loop():
+    """The --export-train-step interface: feed new.* back as inputs, step = updates done so far."""
+    from cnnspec.training.loop import rng
+
+    spec = spec_from_data(NET)
+    settings = resolve_settings(spec, epochs=2, batch_size=96)  # one batch per epoch
+    data = separable()
+    looped = train_model(spec, data, None, settings, log=lambda line: None)
+    report = check(spec)
+    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
+    session = ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    params = initial_params(spec, report, settings.seed)
+    values = params | settings.optimizer.initial_state({p: params[p] for p in program.trainable})
+    names = [o.name for o in session.get_outputs()]
+    for epoch in range(2):
+        order = rng(settings.seed, epoch, 0).permutation(96)
+        feeds = {"input": data.x[order], "labels": data.y[order], "step": np.asarray(epoch, np.int64)}
+        feeds["learning_rate"] = np.asarray(settings.learning_rate, np.float32)
+        feeds |= dropout_masks(program, settings.seed, epoch, 0, 96)
+        got = dict(zip(names, session.run(None, values | feeds), strict=True))
+        values = {k: got[new(k)] for k in values}
+    for k in looped.params:
+        np.testing.assert_allclose(values[k], looped.params[k], rtol=1e-6, atol=1e-7, err_msg=k)
