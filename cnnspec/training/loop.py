@@ -113,14 +113,20 @@ class Loop:
         return math.ceil(len(self.train.y) / self.settings.batch_size)
 
     def run(self) -> Result:
-        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        import threading
+
+        # Ctrl-C sets a flag; the loop saves a checkpoint between two steps and stops (signal handlers
+        # can only be installed from the main thread: elsewhere Ctrl-C is the caller's business).
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_interrupt) if main else None
         try:
             self.runner.load(self.state.params, self.state.opt)
             stopped = bool(self.state.best_info.get("stopped"))  # a resumed run that had stopped early
             while self.state.epoch < self.settings.epochs and not stopped:
                 stopped = self._epoch()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if main:
+                signal.signal(signal.SIGINT, previous)
         return self._result(stopped)
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
