@@ -155,6 +155,16 @@ def run_ref(session, feeds):
     return dict(zip(names, out, strict=True)) if names else out
 
 
+@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith("conv")))
+def test_backward_without_im2col_matches_finite_differences(name, monkeypatch):
+    """The same checks with the training forward as a Conv (the path for large outputs): dW by one GEMM
+    per kernel offset (kernels up to 3x3) or by the batch-as-channels Conv (larger kernels, groups)."""
+    import cnnspec.layers.conv as conv
+
+    monkeypatch.setattr(conv, "IM2COL_MAX_PIXELS", 0)
+    test_backward_matches_finite_differences(name)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_backward_matches_finite_differences(name):
     rng = np.random.default_rng(sum(map(ord, name)))

@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from ..shapes import Shape
 
 
+IM2COL_MAX_PER_IMAGE = 1 << 19
+IM2COL_MAX_PIXELS = 100
+"""Training uses one batch-wide GEMM (im2col) for small outputs (Ho·Wo ≤ 100, where onnxruntime's
+per-image Conv GEMMs are tiny) when its columns fit (kh·kw·C·Ho·Wo ≤ 2 MiB per image), else Conv."""
+
+
 class Conv2D(Layer):
     """2-D convolution, Keras's arguments; the kernel is stored as PyTorch's [out, in/groups, kh, kw].
 
@@ -102,6 +108,11 @@ class Conv2D(Layer):
         return self.kernel_size, self.strides, self.dilation_rate
 
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        if ctx.training and self._im2col_fits(ctx.in_shape):
+            z = self._lower_im2col(g, x, ctx)
+            y = lower_activation(g, z, self.activation, ctx.name)
+            ctx.saved.update(x=x, z=z, y=y)
+            return y
         inputs = [x, ctx.params["weight"]] + ([ctx.params["bias"]] if self.use_bias else [])
         z = g.op(
             "Conv",
@@ -116,6 +127,47 @@ class Conv2D(Layer):
         y = lower_activation(g, z, self.activation, ctx.name)
         ctx.saved.update(x=x, z=z, y=y)
         return y
+
+    def _im2col_fits(self, shape: Shape) -> bool:
+        kh, kw = self.kernel_size
+        h, w = self._windows(shape)
+        pixels = h.out * w.out
+        return self.groups == 1 and pixels <= IM2COL_MAX_PIXELS and kh * kw * shape[2] * pixels <= IM2COL_MAX_PER_IMAGE
+
+    def _lower_im2col(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
+        """Training forward as ONE GEMM over the whole batch: z = W [M, kh·kw·C] @ cols [kh·kw·C, N·Ho·Wo].
+
+        cols stacks, for each kernel offset (u, v), the strided Slice x_p[:, :, d·u + s·i, d·v + s·j] of
+        the padded input (channels first); the backward pass reuses it for dL/dW = dz @ colsᵀ.
+        NOTE: onnxruntime runs a Conv image by image (small GEMMs that use 2 threads poorly) and uses its
+        fast NCHWc kernels only for constant weights, which a train step's weights are not.
+        """
+        from .gradients import ints
+
+        scope, (kh, kw), (sh, sw), (dh, dw) = ctx.name, self.kernel_size, self.strides, self.dilation_rate
+        (ho, wo, m), c = ctx.out_shape, ctx.in_shape[2]
+        xt = g.op("Transpose", [x], scope, perm=[1, 0, 2, 3])  # [C, N, H, W]
+        top, left, bottom, right = self.pads(ctx.in_shape)
+        if top or left or bottom or right:
+            xt = g.op("Pad", [xt, ints(g, scope, [0, 0, top, left, 0, 0, bottom, right])], scope)
+        axes, steps = ints(g, scope, [2, 3]), ints(g, scope, [sh, sw])
+        patches = []
+        for u in range(kh):
+            for v in range(kw):
+                start = [dh * u, dw * v]
+                end = [start[0] + sh * (ho - 1) + 1, start[1] + sw * (wo - 1) + 1]
+                patches.append(g.op("Slice", [xt, ints(g, scope, start), ints(g, scope, end), axes, steps], scope))
+        stacked = g.op("Concat", patches, scope, axis=0) if len(patches) > 1 else patches[0]
+        cols = g.op("Reshape", [stacked, ints(g, scope, [kh * kw * c, -1])], scope)
+        w2 = g.op("Transpose", [ctx.params["weight"]], scope, perm=[0, 2, 3, 1])  # [M, kh, kw, C]
+        w2 = g.op("Reshape", [w2, ints(g, scope, [m, -1])], scope)
+        inputs = [w2, cols]
+        if self.use_bias:
+            inputs.append(g.op("Reshape", [ctx.params["bias"], ints(g, scope, [m, 1])], scope))
+        z2 = g.op("Gemm", inputs, scope)  # [M, N·Ho·Wo]
+        ctx.saved["cols"] = cols
+        z4 = g.op("Reshape", [z2, ints(g, scope, [m, -1, ho, wo])], scope)
+        return g.op("Transpose", [z4], scope, perm=[1, 0, 2, 3])
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """Gradients of z = conv(x, W) + b (stride s, dilation d, groups, pads p) from dL/dy.
@@ -158,9 +210,17 @@ class Conv2D(Layer):
         Conv with batch and channels swapped (whose GEMMs have only kh·kw columns); for 5x5 kernels
         (25 small GEMMs) and groups > 1 the swapped Conv is used.
         """
+        from .gradients import ints
+
+        if "cols" in ctx.saved:  # the forward's im2col: one GEMM, dW [M, kh·kw·C] = dz [M, N·Ho·Wo] @ colsᵀ
+            (kh, kw), (_, _, m), c = self.kernel_size, ctx.out_shape, ctx.in_shape[2]
+            dzt = g.op("Transpose", [dz], ctx.name, perm=[1, 0, 2, 3])
+            dz2 = g.op("Reshape", [dzt, ints(g, ctx.name, [m, -1])], ctx.name)
+            dw = g.op("Gemm", [dz2, ctx.saved["cols"]], ctx.name, transB=1)
+            dw = g.op("Reshape", [dw, ints(g, ctx.name, [m, kh, kw, c])], ctx.name)
+            return g.op("Transpose", [dw], ctx.name, perm=[0, 3, 1, 2])
         if self.groups > 1 or self.kernel_size[0] * self.kernel_size[1] > 9:
             return self._grouped_weight_grad(g, dz, ctx)
-        from .gradients import ints
 
         scope, (kh, kw), (sh, sw), (dh, dw) = ctx.name, self.kernel_size, self.strides, self.dilation_rate
         (ho, wo, m), c = ctx.out_shape, ctx.in_shape[2]
