@@ -211,6 +211,7 @@ def evaluate(
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
+    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
@@ -220,7 +221,8 @@ def evaluate(
     clf = _classifier(model, device, threads, labels, scale, mean, std)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
-    dataset = load_dataset(data, (h, w, c), labels=clf.labels if named else None, num_classes=clf.classes)
+    names = clf.labels if named else None
+    dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 

@@ -310,6 +310,11 @@ def test_evaluate_npz_and_folder(work, tmp_path):
         png(tmp_path / "imgs" / label / "a.png", Image.new("RGB", (12, 12), 40))
     proc = cnnspec("evaluate", work / "m.onnx", "--data", tmp_path / "imgs")
     assert proc.returncode == 0 and "accuracy" in proc.stdout and "confusion" in proc.stdout
+    (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"junk")
+    proc = cnnspec("evaluate", work / "m.onnx", "--data", tmp_path / "imgs")
+    assert proc.returncode == 1 and "broken.png" in proc.stderr and "--skip-bad-images" in proc.stderr
+    proc = cnnspec("evaluate", work / "m.onnx", "--data", tmp_path / "imgs", "--skip-bad-images", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["n"] == 2
     np.savez(tmp_path / "bad.npz", x=x, y=y + 3)
     proc = cnnspec("evaluate", work / "m.onnx", "--data", tmp_path / "bad.npz")
     assert proc.returncode == 1 and "out of range" in proc.stderr
