@@ -318,3 +318,11 @@ def test_evaluate_npz_and_folder(work, tmp_path):
     np.savez(tmp_path / "bad.npz", x=x, y=y + 3)
     proc = cnnspec("evaluate", work / "m.onnx", "--data", tmp_path / "bad.npz")
     assert proc.returncode == 1 and "out of range" in proc.stderr
+
+
+def test_row40_closed_pipe_is_quiet(work):
+    many = " ".join([str(work / "good.png")] * 200)
+    cmd = f"{sys.executable} -m cnnspec run {work / 'm.onnx'} {many} --json | head -c 1; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, 141) and proc.stdout == "[" and "Traceback" not in proc.stderr
+    assert proc.stderr == ""
