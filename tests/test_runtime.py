@@ -301,3 +301,36 @@ def SMALL_BYTES() -> bytes:  # noqa: N802 - a lazily built constant
     if "small" not in _CACHE:
         _CACHE["small"] = model_bytes(compile_spec(spec_from_data(SMALL), seed=0))
     return _CACHE["small"]
+
+
+def test_reader_classifies_while_a_writer_recompiles(tmp_path):
+    """atomic_write replaces the file in one rename: every read sees the old or the new model, whole."""
+    import threading
+
+    from cnnspec.files import atomic_write
+
+    models = [model_bytes(compile_spec(spec_from_data(SMALL), seed=s)) for s in (1, 2)]
+    path = tmp_path / "live.onnx"
+    atomic_write(path, models[0])
+    x = np.random.default_rng(4).integers(0, 256, (2, 1, 8, 8)).astype(np.float32)
+    expected = []
+    for i, data in enumerate(models):
+        (tmp_path / f"{i}.onnx").write_bytes(data)
+        expected.append(Classifier(tmp_path / f"{i}.onnx", sandbox=False).scores(x))
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            atomic_write(path, models[i % 2])
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(30):
+            got = Classifier(path, sandbox=False).scores(x)
+            assert any(np.allclose(got, want, atol=1e-6) for want in expected)
+    finally:
+        stop.set()
+        thread.join()
