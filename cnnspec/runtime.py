@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -236,14 +237,20 @@ class Classifier:
         if top_k < 1:
             raise UsageError(f"top_k must be >= 1; got {top_k}")
         items = _as_items(inputs)
+        size = max(batch_size, 1) * 4  # decode a few batches at a time, never the whole folder at once
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
         results: list[Result] = []
-        chunk = max(batch_size, 1) * 4  # decode a few batches ahead, never the whole folder at once
-        for start in range(0, len(items), chunk):
-            results.extend(self._predict_chunk(items[start : start + chunk], top_k, batch_size, resize))
+        # A pipeline: the next chunk decodes (Pillow releases the GIL) while onnxruntime classifies this one.
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            pending = ahead.submit(_to_arrays, chunks[0], self.chw, resize) if chunks else None
+            for i in range(len(chunks)):
+                arrays = pending.result()
+                if i + 1 < len(chunks):
+                    pending = ahead.submit(_to_arrays, chunks[i + 1], self.chw, resize)
+                results.extend(self._classify(arrays, top_k, batch_size))
         return results
 
-    def _predict_chunk(self, items: list[Any], top_k: int, batch_size: int, resize: str) -> list[Result]:
-        arrays = _to_arrays(items, self.chw, resize)
+    def _classify(self, arrays: list[tuple[str, Any]], top_k: int, batch_size: int) -> list[Result]:
         results = [Result(path=name) for name, _ in arrays]
         good = [i for i, (_, a) in enumerate(arrays) if not isinstance(a, CnnspecError)]
         for i, (_, a) in enumerate(arrays):

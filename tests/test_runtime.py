@@ -95,6 +95,19 @@ def test_paths_pil_images_and_arrays_agree(small, tmp_path):
     assert by_path.path.endswith("x.png") and by_path.error is None
 
 
+def test_many_chunks_keep_order_and_errors_in_place(small, tmp_path):
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"{i:02d}.png"
+        Image.new("L", (8, 8), i * 20).save(path) if i != 5 else path.write_text("bad")
+        paths.append(str(path))
+    results = small.predict(paths, top_k=1, batch_size=1)  # chunks of 4: three chunks, pipelined
+    assert [r.path for r in results] == paths and [r.error is not None for r in results].index(True) == 5
+    for r, p in zip(results, paths, strict=True):
+        if r.error is None:
+            assert r.predictions == small.predict([p], top_k=1)[0].predictions
+
+
 def test_bad_inputs_get_their_own_error(small, tmp_path):
     (tmp_path / "bad.png").write_text("text")
     results = small.predict([str(tmp_path / "bad.png"), np.zeros((1, 8, 8), np.float32)], top_k=1)
