@@ -158,7 +158,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _classifier(model, device, threads, labels, scale, mean, std):
-    from .runtime import Classifier, preprocess_from_options, read_labels_file
+    from .foreign import preprocess_from_options, read_labels_file
+    from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None

@@ -14,8 +14,9 @@ from PIL import Image
 
 from cnnspec.compiler import compile_spec, model_bytes
 from cnnspec.errors import ModelError, UsageError
+from cnnspec.foreign import Preprocess, preprocess_from_options
 from cnnspec.modelfile import check_runnable, parse_model
-from cnnspec.runtime import Classifier, Preprocess, evaluate, preprocess_from_options, resolve_device
+from cnnspec.runtime import Classifier, evaluate, resolve_device
 from cnnspec.spec import spec_from_data
 
 SMALL = {
