@@ -59,8 +59,8 @@ class Probe:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             raise ModelError(
-                f"'{self.source}': the inference worker crashed (signal {sig}, {signal.Signals(sig).name}) while "
-                "loading the model; it is damaged or hostile"
+                f"'{self.source}': the inference worker crashed (signal {sig}) while loading the model "
+                f"({signal.Signals(sig).name}: the model is damaged or hostile)"
             )
         if os.WEXITSTATUS(status) != 0:
             raise ModelError(f"'{self.source}': {message or 'the inference worker failed while loading the model'}")

@@ -274,7 +274,7 @@ def test_row36_labels_from_metadata_are_escaped_or_replaced(work, tmp_path):
 def test_row37_worker_crash_is_one_line(work):
     proc = cnnspec("run", work / "m.onnx", work / "good.png", env={"CNNSPEC_TEST_HOOK": "crash_inference_worker"})
     assert proc.returncode == 1
-    assert "the inference worker crashed (signal 11" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "the inference worker crashed (signal 11) while loading the model" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args", [["--top-k", "0"], ["--device", "tpu"], ["--batch-size", "0"], ["--resize", "zoom"]])
