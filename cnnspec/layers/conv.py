@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     from ..shapes import Shape
 
 
-IM2COL_MAX_PER_IMAGE = 1 << 19
+IM2COL_MAX_PER_IMAGE = 1 << 17
 IM2COL_MAX_PIXELS = 100
 """Training uses one batch-wide GEMM (im2col) for small outputs (Ho·Wo ≤ 100, where onnxruntime's
-per-image Conv GEMMs are tiny) when its columns fit (kh·kw·C·Ho·Wo ≤ 2 MiB per image), else Conv."""
+per-image Conv GEMMs are tiny) when its columns stay small (kh·kw·C·Ho·Wo ≤ 128 Ki floats, 512 KiB
+per image, kept until the backward pass), else Conv."""
 
 
 class Conv2D(Layer):
