@@ -164,7 +164,7 @@ def _unidentified(data: bytes, source: str) -> ImageError:
             return ImageError(f"'{source}': image file is truncated or corrupt (a {name} whose header does not parse)")
     for magic, name in _KNOWN_MAGIC:
         if data.startswith(magic):
-            return ImageError(f"'{source}': unsupported image format {name} (allowed: {allowed_text()})")
+            return ImageError(f"'{source}': unsupported image format (allowed: {allowed_text()}); this file is {name}")
     return ImageError(f"'{source}': cannot identify image file (not one of the allowed formats: {allowed_text()})")
 
 

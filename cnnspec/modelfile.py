@@ -23,7 +23,7 @@ def read_model_bytes(path: str | Path) -> bytes:
         raise ModelError(f"model '{path}' is not a regular file")
     size = path.stat().st_size
     if size > MAX_MODEL_BYTES:
-        raise ModelError(f"model '{path}' is {size / (1 << 30):.1f} GiB: larger than limit of 2 GiB")
+        raise ModelError(f"'{path}': model larger than limit ({size / (1 << 30):.1f} GiB; protobuf's limit is 2 GiB)")
     with path.open("rb") as f:
         return f.read(MAX_MODEL_BYTES + 1)
 

@@ -58,7 +58,7 @@ def resolve_device(device: str) -> str:
     """'auto' becomes 'cuda' when onnxruntime has the CUDA provider, else 'cpu'; 'cuda' without it is an error."""
     if device not in ("cpu", "cuda", "auto"):
         raise UsageError(f"--device must be cpu, cuda or auto; got {device!r}")
-    providers = available_providers() if device != "cpu" else [CPU]
+    providers = sorted(available_providers(), key=lambda p: p != CPU) if device != "cpu" else [CPU]
     if device == "auto":
         return "cuda" if CUDA in providers else "cpu"
     if device == "cuda" and CUDA not in providers:

@@ -210,7 +210,9 @@ def test_other_formats_renamed_png_are_refused(tmp_path, kind, monkeypatch):
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript, raising=False)
     path = tmp_path / f"{kind}.png"
     path.write_bytes(FOREIGN[kind])
-    with pytest.raises(ImageError, match=r"unsupported image format .* \(allowed: PNG, JPEG"):
+    with pytest.raises(
+        ImageError, match=r"unsupported image format \(allowed: PNG, JPEG, BMP, GIF, TIFF, WEBP\); this file is"
+    ):
         load_image(path, (1, 8, 8))
 
 
