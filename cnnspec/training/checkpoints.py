@@ -50,6 +50,8 @@ class TrainState:
     best_info: dict[str, Any] = field(default_factory=lambda: {"loss": None, "epoch": None, "bad_epochs": 0})
     fingerprint: str = ""
     """Hash of the spec, data and settings: a checkpoint resumes only the run that made it."""
+    seed: int = 0
+    """The RNG state: every draw comes from a generator keyed on (seed, epoch, batch), see loop.py."""
 
 
 def encode(state: TrainState) -> bytes:
@@ -64,6 +66,7 @@ def encode(state: TrainState) -> bytes:
         "history": state.history,
         "best_info": state.best_info,
         "fingerprint": state.fingerprint,
+        "rng": {"seed": state.seed, "shuffle": "(seed, epoch, 0)", "dropout": "(seed, epoch, 1, batch)"},
         "format": 1,
     }
     buffer = io.BytesIO()
@@ -93,6 +96,7 @@ def decode(data: bytes, source: str) -> TrainState:
         group("best/"),
         meta["best_info"],
         meta["fingerprint"],
+        meta["rng"]["seed"],
     )
 
 

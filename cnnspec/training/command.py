@@ -90,7 +90,7 @@ def train_model(
         if state is None:
             params = initial_params(spec, report, settings.seed)
             state = TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
-            state.fingerprint = key
+            state.fingerprint, state.seed = key, settings.seed
         bar = stack.enter_context(_progress()) if progress else None
         loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar)
         if log is not None:
