@@ -136,39 +136,39 @@ class Conv2D(Layer):
         return self.groups == 1 and pixels <= IM2COL_MAX_PIXELS and kh * kw * shape[2] * pixels <= IM2COL_MAX_PER_IMAGE
 
     def _lower_im2col(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
-        """Training forward as ONE GEMM over the whole batch: z = W [M, kh·kw·C] @ cols [kh·kw·C, N·Ho·Wo].
+        """Training forward as ONE GEMM over the whole batch: z [N·Ho·Wo, M] = cols [N·Ho·Wo, kh·kw·C] @ W2ᵀ.
 
-        cols stacks, for each kernel offset (u, v), the strided Slice x_p[:, :, d·u + s·i, d·v + s·j] of
-        the padded input (channels first); the backward pass reuses it for dL/dW = dz @ colsᵀ.
+        cols[n·P + p, (u, v, c)] = x_p[n, c, s·i + d·u, s·j + d·v] for output pixel p = (i, j): ONE Gather
+        of channel rows from the padded input in NHWC, [N, Hp·Wp, C], at the constant indices
+        (s·i + d·u)·Wp + s·j + d·v; the backward pass reuses it for dL/dW = dz2ᵀ @ cols.
         NOTE: onnxruntime runs a Conv image by image (small GEMMs that use 2 threads poorly) and uses its
-        fast NCHWc kernels only for constant weights, which a train step's weights are not.
+        fast NCHWc kernels only for constant weights, which a train step's weights are not. The Gather
+        measured 2-10x faster than building the same columns from kh·kw strided Slices and a Concat.
         """
+        import numpy as np
+
         from .gradients import ints
 
         scope, (kh, kw), (sh, sw), (dh, dw) = ctx.name, self.kernel_size, self.strides, self.dilation_rate
-        (ho, wo, m), c = ctx.out_shape, ctx.in_shape[2]
-        xt = g.op("Transpose", [x], scope, perm=[1, 0, 2, 3])  # [C, N, H, W]
+        (ho, wo, m), (h, w, c) = ctx.out_shape, ctx.in_shape
         top, left, bottom, right = self.pads(ctx.in_shape)
         if top or left or bottom or right:
-            xt = g.op("Pad", [xt, ints(g, scope, [0, 0, top, left, 0, 0, bottom, right])], scope)
-        axes, steps = ints(g, scope, [2, 3]), ints(g, scope, [sh, sw])
-        patches = []
-        for u in range(kh):
-            for v in range(kw):
-                start = [dh * u, dw * v]
-                end = [start[0] + sh * (ho - 1) + 1, start[1] + sw * (wo - 1) + 1]
-                patches.append(g.op("Slice", [xt, ints(g, scope, start), ints(g, scope, end), axes, steps], scope))
-        stacked = g.op("Concat", patches, scope, axis=0) if len(patches) > 1 else patches[0]
-        cols = g.op("Reshape", [stacked, ints(g, scope, [kh * kw * c, -1])], scope)
+            x = g.op("Pad", [x, ints(g, scope, [0, 0, top, left, 0, 0, bottom, right])], scope)
+        hp, wp = h + top + bottom, w + left + right
+        xh = g.op("Transpose", [x], scope, perm=[0, 2, 3, 1])  # [N, Hp, Wp, C]
+        xh = g.op("Reshape", [xh, ints(g, scope, [0, hp * wp, c])], scope)
+        rows = (sh * np.arange(ho)[:, None] + dh * np.arange(kh)[None, :]) * wp  # [Ho, kh]
+        cols_ = sw * np.arange(wo)[:, None] + dw * np.arange(kw)[None, :]  # [Wo, kw]
+        index = rows[:, None, :, None] + cols_[None, :, None, :]  # [Ho, Wo, kh, kw]
+        gathered = g.op("Gather", [xh, g.constant(scope, index.reshape(ho * wo, kh * kw), "int64")], scope, axis=1)
+        cols = g.op("Reshape", [gathered, ints(g, scope, [-1, kh * kw * c])], scope)  # [N·P, kh·kw·C]
         w2 = g.op("Transpose", [ctx.params["weight"]], scope, perm=[0, 2, 3, 1])  # [M, kh, kw, C]
         w2 = g.op("Reshape", [w2, ints(g, scope, [m, -1])], scope)
-        inputs = [w2, cols]
-        if self.use_bias:
-            inputs.append(g.op("Reshape", [ctx.params["bias"], ints(g, scope, [m, 1])], scope))
-        z2 = g.op("Gemm", inputs, scope)  # [M, N·Ho·Wo]
+        inputs = [cols, w2] + ([ctx.params["bias"]] if self.use_bias else [])
+        z2 = g.op("Gemm", inputs, scope, transB=1)  # [N·P, M]
         ctx.saved["cols"] = cols
-        z4 = g.op("Reshape", [z2, ints(g, scope, [m, -1, ho, wo])], scope)
-        return g.op("Transpose", [z4], scope, perm=[1, 0, 2, 3])
+        z4 = g.op("Reshape", [z2, ints(g, scope, [-1, ho, wo, m])], scope)
+        return g.op("Transpose", [z4], scope, perm=[0, 3, 1, 2])
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """Gradients of z = conv(x, W) + b (stride s, dilation d, groups, pads p) from dL/dy.
@@ -213,11 +213,11 @@ class Conv2D(Layer):
         """
         from .gradients import ints
 
-        if "cols" in ctx.saved:  # the forward's im2col: one GEMM, dW [M, kh·kw·C] = dz [M, N·Ho·Wo] @ colsᵀ
+        if "cols" in ctx.saved:  # the forward's im2col: one GEMM, dW [M, kh·kw·C] = dz2ᵀ [M, N·P] @ cols
             (kh, kw), (_, _, m), c = self.kernel_size, ctx.out_shape, ctx.in_shape[2]
-            dzt = g.op("Transpose", [dz], ctx.name, perm=[1, 0, 2, 3])
-            dz2 = g.op("Reshape", [dzt, ints(g, ctx.name, [m, -1])], ctx.name)
-            dw = g.op("Gemm", [dz2, ctx.saved["cols"]], ctx.name, transB=1)
+            dzt = g.op("Transpose", [dz], ctx.name, perm=[0, 2, 3, 1])
+            dz2 = g.op("Reshape", [dzt, ints(g, ctx.name, [-1, m])], ctx.name)  # [N·P, M]
+            dw = g.op("Gemm", [dz2, ctx.saved["cols"]], ctx.name, transA=1)
             dw = g.op("Reshape", [dw, ints(g, ctx.name, [m, kh, kw, c])], ctx.name)
             return g.op("Transpose", [dw], ctx.name, perm=[0, 3, 1, 2])
         if self.groups > 1 or self.kernel_size[0] * self.kernel_size[1] > 9:
