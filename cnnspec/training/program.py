@@ -28,7 +28,7 @@ from .losses import cross_entropy, logits_of
 from .optimizers import Optimizer
 
 INPUT, LABELS, LR, STEP, LOSS, CORRECT = "input", "labels", "learning_rate", "step", "loss", "correct"
-TRAIN_OPSET = max(DEFAULT_OPSET, 16)  # ScatterElements with reduction="add" (MaxPool's gradient)
+TRAIN_OPSET = max(DEFAULT_OPSET, 18)  # ScatterElements reduction="add" (MaxPool's gradient: 16), Col2Im (18)
 
 
 def new(name: str) -> str:
