@@ -1,6 +1,6 @@
 """Training throughput (images/s) of cnnspec's train-step graph at batch 64, beside PyTorch eager.
 
-    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [spec.yaml ...]
+    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--profile] [spec.yaml ...]
 
 Defaults: specs/seed.yaml and specs/vgg32.yaml. Each measurement runs whole steps (forward, loss,
 backward and the spec's optimizer update) on one fixed random batch after 3 warm-up steps, for at
@@ -36,17 +36,64 @@ def timed(step, seconds: float) -> float:
     return n * BATCH / (time.perf_counter() - start)
 
 
-def cnnspec_step(spec, threads: int):
+def train_program(spec):
     from cnnspec.analysis import check
-    from cnnspec.compiler import initial_params
     from cnnspec.training.command import resolve_settings
-    from cnnspec.training.loop import dropout_masks
     from cnnspec.training.program import build_train_step
-    from cnnspec.training.runner import StepRunner
 
     report = check(spec)
     settings = resolve_settings(spec)
-    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
+    return report, settings, build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
+
+
+def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
+    """Where a train step's time goes: onnxruntime's profiler, summed per operator type and per node
+    (ms per step). The profile JSON goes to a temporary folder and is deleted."""
+    import collections
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from cnnspec.compiler import initial_params, model_bytes
+    from cnnspec.training.loop import dropout_masks
+    from cnnspec.training.runner import NO_SPINNING
+
+    report, settings, program = train_program(spec)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    for key, value in NO_SPINNING.items():
+        options.add_session_config_entry(key, value)
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = str(Path(folder) / "train-step")
+        session = ort.InferenceSession(model_bytes(program.model), options, providers=["CPUExecutionProvider"])
+        params = initial_params(spec, report, 0)
+        x, y = batch(spec, report)
+        feeds = params | settings.optimizer.initial_state({p: params[p] for p in program.trainable})
+        feeds |= {"input": x, "labels": y, "learning_rate": np.asarray(1e-4, np.float32)}
+        feeds |= {"step": np.asarray(0, np.int64)} | dropout_masks(program, 0, 0, 0, BATCH)
+        for _ in range(steps):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op, by_node = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"] / 1000 / steps
+            by_node[event["name"].removesuffix("_kernel_time")] += event["dur"] / 1000 / steps
+    print(f"{spec.name}, {threads or 'all'} threads: {sum(by_op.values()):.1f} ms/step in kernels")
+    for title, counter in (("operator", by_op), ("node", by_node)):
+        print(f"  per {title}:")
+        for name, ms in counter.most_common(top):
+            print(f"    {name:<40} {ms:7.2f}")
+
+
+def cnnspec_step(spec, threads: int):
+    from cnnspec.compiler import initial_params
+    from cnnspec.training.loop import dropout_masks
+    from cnnspec.training.runner import StepRunner
+
+    report, settings, program = train_program(spec)
     runner = StepRunner(program, "cpu", threads or None)
     params = initial_params(spec, report, 0)
     runner.load(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
@@ -92,6 +139,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="print where cnnspec's step spends its time")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import onnxruntime
@@ -99,9 +147,13 @@ def main() -> None:
     from cnnspec.spec import load_spec
 
     print(f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'spec':<10} {'cnnspec img/s':>14} {'pytorch img/s':>14} {'ratio':>6}")
+    if not args.profile:
+        print(f"{'spec':<10} {'cnnspec img/s':>14} {'pytorch img/s':>14} {'ratio':>6}")
     for path in args.specs:
         spec = load_spec(path)
+        if args.profile:
+            profile(spec, args.threads)
+            continue
         steps = [cnnspec_step(spec, args.threads), torch_step(spec, args.threads)]
         best = [0.0, 0.0]
         for _ in range(args.rounds):
