@@ -55,3 +55,18 @@ class GraphBuilder:
         """A small fixed constant (not a parameter) named after its scope; floats follow `self.dtype`."""
         array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
         return self._add_initializer(self.unique(f"{scope}/const"), array)
+
+
+PRODUCER = "cnnspec"
+
+
+def make_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    """Wrap a graph with the standard-domain `opset`, the lowest IR version that allows it (opset 17 -> IR 8,
+    loadable by onnxruntime-training 1.19.2) and cnnspec as producer."""
+    from . import __version__
+
+    opsets = [helper.make_opsetid("", opset)]
+    ir_version = helper.find_min_ir_version_for(opsets)
+    return helper.make_model(
+        graph, opset_imports=opsets, ir_version=ir_version, producer_name=PRODUCER, producer_version=__version__
+    )

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from . import __version__
 from .analysis import Report, check
-from .builder import GraphBuilder
+from .builder import GraphBuilder, make_model
 from .errors import UsageError
 from .initializers import layer_rng
 from .layers import Lowering
@@ -21,7 +21,6 @@ from .spec import Spec, normalized
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax over one axis and Pad with tensor pads
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-PRODUCER = "cnnspec"
 
 Params = dict[str, np.ndarray]
 """Parameters by full name ('conv2d.weight'), in layer order: the network's state dict."""
@@ -124,14 +123,7 @@ def build_inference_model(spec: Spec, report: Report, params: Params, opset: int
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
         initializer=g.initializers,
     )
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(
-        graph,
-        opset_imports=opsets,
-        ir_version=helper.find_min_ir_version_for(opsets),
-        producer_name=PRODUCER,
-        producer_version=__version__,
-    )
+    model = make_model(graph, opset)
     helper.set_model_props(model, metadata(spec, report))
     return model
 

@@ -25,7 +25,9 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     BatchNormalization,
     ZeroPadding2D,
 )
-LAYERS_BY_TYPE: dict[str, type[Layer]] = {kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS}
+LAYERS_BY_TYPE: dict[str, type[Layer]] = {
+    kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS
+}
 
 AnyLayer = Annotated[Union[LAYER_KINDS], Field(discriminator="type")]  # noqa: UP007
 

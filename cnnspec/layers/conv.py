@@ -98,7 +98,8 @@ class Conv2D(Layer):
         shapes = self.param_shapes(shape)
         receptive = self.kernel_size[0] * self.kernel_size[1]
         fan_in, fan_out = shape[2] // self.groups * receptive, self.filters * receptive  # Keras's fans
-        params = {"weight": initialize(initializer_arg(self.kernel_initializer), shapes["weight"], fan_in, fan_out, rng)}
+        kernel = initialize(initializer_arg(self.kernel_initializer), shapes["weight"], fan_in, fan_out, rng)
+        params = {"weight": kernel}
         if self.use_bias:
             params["bias"] = initialize(initializer_arg(self.bias_initializer), shapes["bias"], fan_in, fan_out, rng)
         return params

@@ -52,7 +52,8 @@ class Dense(Layer):
         from ..initializers import initialize
 
         fan_in, fan_out = shape[0], self.units
-        params = {"weight": initialize(initializer_arg(self.kernel_initializer), (fan_out, fan_in), fan_in, fan_out, rng)}
+        kernel = initialize(initializer_arg(self.kernel_initializer), (fan_out, fan_in), fan_in, fan_out, rng)
+        params = {"weight": kernel}
         if self.use_bias:
             params["bias"] = initialize(initializer_arg(self.bias_initializer), (fan_out,), fan_in, fan_out, rng)
         return params

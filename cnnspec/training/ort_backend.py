@@ -140,7 +140,7 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
     cannot differentiate lowered to ops it can. Input `input` raw pixels, output `output` logits."""
     from onnx import TensorProto, helper
 
-    from ..builder import GraphBuilder
+    from ..builder import GraphBuilder, make_model
     from ..compiler import DEFAULT_OPSET, INPUT_NAME, lower_preprocess
     from ..layers import Lowering
     from ..shapes import hwc_to_chw
@@ -168,8 +168,7 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
         [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
         initializer=g.initializers,
     )
-    opsets = [helper.make_opsetid("", DEFAULT_OPSET)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    return make_model(graph, DEFAULT_OPSET)
 
 
 def _lower_layer(g, layer, x: str, ctx, seed: int) -> str:

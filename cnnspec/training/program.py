@@ -17,10 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import __version__
 from ..analysis import Report
-from ..builder import GraphBuilder
-from ..compiler import DEFAULT_OPSET, PRODUCER, lower_layers, lower_preprocess
+from ..builder import GraphBuilder, make_model
+from ..compiler import DEFAULT_OPSET, lower_layers, lower_preprocess
 from ..shapes import hwc_to_chw
 from ..spec import Spec
 from .autodiff import backward
@@ -144,15 +143,7 @@ def _model(g: GraphBuilder, spec: Spec, inputs, outputs: dict[str, str]) -> onnx
 
 
 def _wrap(graph: onnx.GraphProto) -> onnx.ModelProto:
-    opsets = [helper.make_opsetid("", TRAIN_OPSET)]
-    model = helper.make_model(
-        graph,
-        opset_imports=opsets,
-        ir_version=helper.find_min_ir_version_for(opsets),
-        producer_name=PRODUCER,
-        producer_version=__version__,
-    )
-    return onnx.shape_inference.infer_shapes(model)
+    return onnx.shape_inference.infer_shapes(make_model(graph, TRAIN_OPSET))
 
 
 def build_eval(spec: Spec, report: Report, smoothing: float = 0.0) -> Program:
