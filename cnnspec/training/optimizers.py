@@ -75,7 +75,8 @@ class Optimizer:
         op, c = g.op, g.constant
         if self.weight_decay:
             w = op("Sub", [w, op("Mul", [w, k["decay"]], SCOPE)], SCOPE)
-        step = op("Mul", [grad, k["lr"]], SCOPE)  # η g
+        if self.kind not in ("adam", "adamw"):
+            step = op("Mul", [grad, k["lr"]], SCOPE)  # η g (adam scales by α instead: no dead node)
         if self.kind == "sgd":
             return op("Sub", [w, step], SCOPE), []
         if self.kind in ("momentum", "nesterov"):
