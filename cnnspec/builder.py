@@ -19,6 +19,7 @@ class GraphBuilder:
     def __init__(self, opset: int, dtype: Any = np.float32) -> None:
         self.opset = opset
         self.dtype = np.dtype(dtype)
+        self.device = "cpu"  # where the graph will run: training uses CPU-only kernels (Col2Im, MaxUnpool) on cpu
         """Float type of constants; float64 builds serve the gradient checks (onnx's reference evaluator)."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []

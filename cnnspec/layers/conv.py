@@ -191,7 +191,8 @@ class Conv2D(Layer):
             grads["bias"] = reduce_sum(g, dz, [0, 2, 3], ctx.name)
         if ctx.saved.get("no_dx"):
             return None, grads
-        if "cols" in ctx.saved and ctx.out_shape[0] * ctx.out_shape[1] <= COL2IM_MAX_PIXELS and g.opset >= 18:
+        small = ctx.out_shape[0] * ctx.out_shape[1] <= COL2IM_MAX_PIXELS
+        if "cols" in ctx.saved and small and g.opset >= 18 and g.device == "cpu":  # no CUDA Col2Im in onnxruntime
             return self._input_grad_col2im(g, dz, ctx), grads
         pads = self.pads(ctx.in_shape)
         dx = g.op(

@@ -89,7 +89,7 @@ class _Pooling2D(Layer):
         from .gradients import ints, output_padding, zeros_like
 
         scope, x = ctx.name, ctx.saved["x"]
-        if self.onnx_op == "MaxPool" and self._tiles(ctx.in_shape):
+        if self.onnx_op == "MaxPool" and self._tiles(ctx.in_shape) and g.device == "cpu":  # no CUDA MaxUnpool
             # Windows that tile the image: each pixel is the maximum of one window at most, so placing
             # dy at the indices (MaxUnpool) is the scatter-add. NOTE: measured 2.3 -> 0.7 ms on seed's
             # first pool (1 thread) against ConstantOfShape + ScatterElements. Only exact tilings: onnx's

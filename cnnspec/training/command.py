@@ -80,7 +80,7 @@ def train_model(
     from .runner import Evaluator, StepRunner
 
     report = check(spec)
-    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
+    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing, device=device)
     evaluator = Evaluator(build_eval(spec, report, settings.label_smoothing), device, threads)
     runner = StepRunner(program, device, threads)
     key = fingerprint(spec, settings, train)

@@ -68,9 +68,15 @@ def build_train_step(
     *,
     gradients_only: bool = False,
     dtype: type = np.float32,
+    device: str = "cpu",
 ) -> Program:
-    """The train-step graph; with `gradients_only`, outputs grad.<param> instead of updating."""
+    """The train-step graph; with `gradients_only`, outputs grad.<param> instead of updating.
+
+    `device` picks among equivalent formulations: Col2Im and MaxUnpool (faster on onnxruntime's CPU)
+    have no CUDA kernel in onnxruntime, so a cuda program uses ConvTranspose and ScatterElements.
+    """
     g = GraphBuilder(TRAIN_OPSET, dtype)
+    g.device = device
     forward, loss, fused = _forward(g, spec, report, True, smoothing)
     grads = backward(g, list(spec.layers), forward.contexts, loss.dlogits, dy_is_dz=fused)
     params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
