@@ -253,6 +253,7 @@ def train(
     resume: Annotated[bool, _RESUME] = False,
     metrics_json: Annotated[OptPath, typer.Option(help="Write per-epoch metrics as JSON.")] = None,
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
+    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .training.command import train_command
@@ -263,8 +264,8 @@ def train(
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
     train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
-        metrics_json=metrics_json, export_train_step=export_train_step, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed, val_split=val_split,
+        metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, val_split=val_split,
     )  # fmt: skip
 
 

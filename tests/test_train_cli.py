@@ -222,3 +222,23 @@ def test_device_cuda_without_onnxruntime_gpu_is_a_clear_error(work: Path):
     r = cnnspec("train", work / "spec.yaml", "--data", work / "data.npz", "-o", work / "o.onnx", "--device", "cuda")
     assert r.returncode == 1 and "CUDA" in r.stderr and "Traceback" not in r.stderr
     assert not (work / "o.onnx").exists()
+
+
+def test_a_corrupt_image_in_a_folder_data_set_is_named_or_skipped(tmp_path):
+    """RELIABILITY row 39: the error lists the bad file; --skip-bad-images trains without it."""
+    from PIL import Image
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    rng = np.random.default_rng(0)
+    for label in ("left", "right"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    (tmp_path / "data" / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    args = [tmp_path / "spec.yaml", "--data", tmp_path / "data", "-o", tmp_path / "m.onnx", "--epochs", "1"]
+    refused = cnnspec("train", *args)
+    assert refused.returncode == 1 and "broken.png" in refused.stderr and "--skip-bad-images" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "m.onnx").exists()
+    trained = cnnspec("train", *args, "--skip-bad-images")
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "m.onnx").exists()

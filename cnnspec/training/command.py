@@ -47,13 +47,15 @@ def fingerprint(spec: Spec, settings: Settings, train: Data) -> str:
     return h.hexdigest()
 
 
-def load_data(spec: Spec, classes: int, path: Path, val: Path | None, settings: Settings) -> tuple[Data, Data | None]:
+def load_data(
+    spec: Spec, classes: int, path: Path, val: Path | None, settings: Settings, skip_bad_images: bool = False
+) -> tuple[Data, Data | None]:
     from ..data import load_dataset
 
-    full = load_dataset(path, spec.input_shape, spec.labels, num_classes=classes)
+    full = load_dataset(path, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
     train = Data(full.x, full.y)
     if val is not None:
-        held = load_dataset(val, spec.input_shape, spec.labels, num_classes=classes)
+        held = load_dataset(val, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
         return train, Data(held.x, held.y)
     if settings.val_split is not None:
         return split(train, settings.val_split, settings.seed)
@@ -155,6 +157,7 @@ def train_command(
     resume: bool = False,
     metrics_json: Path | None = None,
     export_train_step: Path | None = None,
+    skip_bad_images: bool = False,
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
@@ -180,7 +183,7 @@ def train_command(
 
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
-    train, held = load_data(spec, report.output_shape[0], data, val, settings)
+    train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
     if backend == "ort-training":
         return _ort_training(spec, train, output, held, checkpoint_dir, resume, metrics_json, overrides)
     result = train_model(
