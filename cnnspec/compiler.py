@@ -115,17 +115,21 @@ def build_inference_model(spec: Spec, report: Report, params: Params, opset: int
     x = lower_preprocess(g, spec, INPUT_NAME)
     forward = lower_layers(g, spec, report, x, lambda name: name, training=False)
     _rename_output(g, forward.output)
+    model = make_model(classifier_graph(g, spec, report, OUTPUT_NAME), opset)
+    helper.set_model_props(model, metadata(spec, report))
+    return model
+
+
+def classifier_graph(g: GraphBuilder, spec: Spec, report: Report, output: str) -> onnx.GraphProto:
+    """The built nodes as a graph: `input` float32 [batch, C, H, W] -> `output` [batch, classes]."""
     c, h, w = hwc_to_chw(spec.input_shape)
-    graph = helper.make_graph(
+    return helper.make_graph(
         g.nodes,
         spec.name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", c, h, w])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
         initializer=g.initializers,
     )
-    model = make_model(graph, opset)
-    helper.set_model_props(model, metadata(spec, report))
-    return model
 
 
 def _rename_output(g: GraphBuilder, tensor: str) -> None:

@@ -138,12 +138,10 @@ def check_supported(spec: Spec) -> None:
 def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], seed: int = 0) -> onnx.ModelProto:
     """The inference graph with Dropout active, no final softmax (the loss reads logits) and the layers ORT
     cannot differentiate lowered to ops it can. Input `input` raw pixels, output `output` logits."""
-    from onnx import TensorProto, helper
 
     from ..builder import GraphBuilder, make_model
-    from ..compiler import DEFAULT_OPSET, INPUT_NAME, lower_preprocess
+    from ..compiler import DEFAULT_OPSET, INPUT_NAME, classifier_graph, lower_preprocess
     from ..layers import Lowering
-    from ..shapes import hwc_to_chw
 
     g = GraphBuilder(DEFAULT_OPSET)
     for name, value in params.items():
@@ -160,15 +158,7 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
         _rewrite_elu(g, start)
     x = g.op("Identity", [x], "logits")
     g.nodes[-1].output[0] = LOGITS
-    c, h, w = hwc_to_chw(spec.input_shape)
-    graph = helper.make_graph(
-        g.nodes,
-        spec.name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", c, h, w])],
-        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", report.output_shape[0]])],
-        initializer=g.initializers,
-    )
-    return make_model(graph, DEFAULT_OPSET)
+    return make_model(classifier_graph(g, spec, report, LOGITS), DEFAULT_OPSET)
 
 
 def _lower_layer(g, layer, x: str, ctx, seed: int) -> str:
