@@ -19,8 +19,11 @@ class GraphBuilder:
     def __init__(self, opset: int, dtype: Any = np.float32) -> None:
         self.opset = opset
         self.dtype = np.dtype(dtype)
-        self.device = "cpu"  # where the graph will run: training uses CPU-only kernels (Col2Im, MaxUnpool) on cpu
         """Float type of constants; float64 builds serve the gradient checks (onnx's reference evaluator)."""
+        self.device = "cpu"  # where the graph will run: training uses CPU-only kernels (Col2Im, MaxUnpool) on cpu
+        self.serial = False
+        """The graph runs in a session with ONE intra-op thread, which allows ScatterND(reduction='add')
+        with repeated indices (onnxruntime's kernel splits the rows among its threads without locks)."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._taken: set[str] = set()

@@ -165,13 +165,26 @@ def test_backward_without_im2col_matches_finite_differences(name, monkeypatch):
     test_backward_matches_finite_differences(name)
 
 
+@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith("conv")))
+def test_serial_backward_matches_finite_differences(name):
+    """The same checks for the formulations of serial programs (one intra-op thread: the runners'
+    shards), e.g. an im2col layer's dL/dx as ONE ScatterND(add) instead of Col2Im or ConvTranspose."""
+    test_backward_matches_finite_differences(name, serial=True)
+    spec, report = make_case(name)
+    program = build_train_step(spec, report, Optimizer(), gradients_only=True, serial=True)
+    scatters = any(node.op_type == "ScatterND" for node in program.model.graph.node)
+    assert scatters == (name != "conv-first-layer" and "groups" not in name and "depthwise" not in name)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_backward_matches_finite_differences(name):
+def test_backward_matches_finite_differences(name, serial=False):
     rng = np.random.default_rng(sum(map(ord, name)))
     smoothing = 0.1 if "softmax-last" in name else 0.0
     preprocess = {"scale": 0.5, "mean": [0.1, -0.2], "std": [2.0, 0.5]} if name == "conv-valid" else None
     spec, report = make_case(name, smoothing, preprocess)
-    program = build_train_step(spec, report, Optimizer(), smoothing, gradients_only=True, dtype=np.float64)
+    program = build_train_step(
+        spec, report, Optimizer(), smoothing, gradients_only=True, dtype=np.float64, serial=serial
+    )
     ref = ReferenceEvaluator(program.model, new_ops=[Erf, ConvTranspose, MaxPool])
     outputs = [o.name for o in program.model.graph.output]
     feeds = feeds_for(program, perturbed_params(spec, report, rng), rng)
@@ -189,14 +202,15 @@ def test_backward_matches_finite_differences(name):
         numeric = (loss(v, h) - loss(v, -h)) / (2 * h)
         scale = np.sqrt(sum(np.sum(g**2) for g in grads.values())) * np.sqrt(sum(np.sum(d**2) for d in v.values()))
         assert abs(analytic - numeric) <= 1e-6 * scale, (name, analytic, numeric, scale)
-    check_onnxruntime_agrees(program, spec, report, feeds, got)
+    check_onnxruntime_agrees(program, spec, report, feeds, got, serial)
 
 
-def check_onnxruntime_agrees(program64, spec, report, feeds, expected):
-    program = build_train_step(
-        spec, report, Optimizer(), 0.1 if "softmax-last" in spec.name else 0.0, gradients_only=True
-    )
-    session = ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
+def check_onnxruntime_agrees(program64, spec, report, feeds, expected, serial=False):
+    smoothing = 0.1 if "softmax-last" in spec.name else 0.0
+    program = build_train_step(spec, report, Optimizer(), smoothing, gradients_only=True, serial=serial)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1 if serial else 0
+    session = ort.InferenceSession(program.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in feeds.items()}
     names = [o.name for o in session.get_outputs()]
     for name, value in zip(names, session.run(None, f32), strict=True):

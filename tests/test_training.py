@@ -139,10 +139,27 @@ NET = {
 }
 
 
-def train(tmp=None, resume=False, net=NET, **overrides):
+SHARDED = dict(
+    NET,
+    layers=[
+        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu", "padding": "same"},
+        {"type": "MaxPooling2D"},
+        {"type": "Conv2D", "filters": 6, "kernel_size": 3, "activation": "relu"},
+        {"type": "Flatten"},
+        {"type": "Dropout", "rate": 0.25},
+        {"type": "Dense", "units": 2, "activation": "softmax"},
+    ],
+)
+"""No BatchNormalization: on 2 threads its batches of 32 run as two shards of 16, each with one thread
+(a serial program: the second Conv2D's dL/dx is a ScatterND)."""
+
+
+def train(tmp=None, resume=False, net=NET, threads=None, **overrides):
     spec = spec_from_data(net)
     settings = resolve_settings(spec, **overrides)
-    return train_model(spec, separable(), None, settings, checkpoint_dir=tmp, resume=resume, log=lambda line: None)
+    return train_model(
+        spec, separable(), None, settings, checkpoint_dir=tmp, resume=resume, threads=threads, log=lambda line: None
+    )
 
 
 def test_loss_decreases_on_separable_data():
@@ -153,29 +170,40 @@ def test_loss_decreases_on_separable_data():
     assert set(result.history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
 
 
-def test_same_seed_same_weights_bit_for_bit():
-    a, b, c = train(seed=3), train(seed=3), train(seed=4)
+# One session (NET: BatchNormalization mixes the batch) and two shards side by side (SHARDED, 2 threads).
+RUNS = pytest.mark.parametrize(
+    "run", [{"net": NET}, {"net": SHARDED, "threads": 2, "batch_size": 32}], ids=["one-session", "two-shards"]
+)
+
+
+@RUNS
+def test_same_seed_same_weights_bit_for_bit(run):
+    a, b, c = train(seed=3, **run), train(seed=3, **run), train(seed=4, **run)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert not all(np.array_equal(a.params[k], c.params[k]) for k in a.params)
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+@RUNS
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, run):
     from cnnspec.training import runner
 
-    straight = train()
-    calls, real_step = {"n": 0}, runner.StepRunner.step
+    kind = runner.ShardedStepRunner if "threads" in run else runner.StepRunner
+    straight = train(**run)
+    calls, real_step = {"n": 0}, kind.step
+    interrupt_at = 9 if kind is runner.StepRunner else 5  # mid-epoch 2 (6 or 3 batches per epoch)
 
     def step(self, *args):
         calls["n"] += 1
-        if calls["n"] == 9:  # mid-epoch 2 (6 batches per epoch): as if Ctrl-C arrived now
+        if calls["n"] == interrupt_at:  # as if Ctrl-C arrived now
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args)
 
-    monkeypatch.setattr(runner.StepRunner, "step", step)
+    monkeypatch.setattr(kind, "step", step)
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "ckpt")
-    monkeypatch.setattr(runner.StepRunner, "step", real_step)
-    resumed = train(tmp_path / "ckpt", resume=True)
+        train(tmp_path / "ckpt", **run)
+    monkeypatch.setattr(kind, "step", real_step)
+    assert calls["n"] == interrupt_at
+    resumed = train(tmp_path / "ckpt", resume=True, **run)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
     for k in straight.params:
         assert np.array_equal(straight.params[k], resumed.params[k]), k
@@ -276,3 +304,66 @@ def test_exported_train_step_driven_by_hand_equals_the_loop():
         values = {k: got[new(k)] for k in values}
     for k in looped.params:
         np.testing.assert_allclose(values[k], looped.params[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize(("batch", "shards"), [(37, 3), (2, 3)], ids=["uneven-shards", "fewer-images-than-shards"])
+def test_shards_add_up_to_the_fused_step(optimizer, batch, shards):
+    """K shards' gradients weighted by their share of the batch give the fused step's update."""
+    from cnnspec.training.runner import ShardedStepRunner, StepRunner
+
+    spec = spec_from_data(SHARDED)
+    report = check(spec)
+    settings = resolve_settings(spec, optimizer=optimizer, learning_rate=0.05)
+    fused = build_train_step(spec, report, settings.optimizer)
+    gradients = build_train_step(spec, report, settings.optimizer, gradients_only=True, serial=True)
+    assert "ScatterND" in {node.op_type for node in gradients.model.graph.node}
+    one, many = StepRunner(fused, threads=1), ShardedStepRunner(gradients, settings.optimizer, shards, threads=shards)
+    params = initial_params(spec, report)
+    state = settings.optimizer.initial_state({p: params[p] for p in fused.trainable})
+    assert many.state_names == fused.state
+    one.load(params, state)
+    many.load(params, state)
+    data = separable(batch, seed=5)
+    for step in range(2):
+        masks = dropout_masks(fused, 0, 0, step, batch)
+        loss_one, correct_one = one.step(data.x, data.y, 0.05, step, masks)
+        loss_many, correct_many = many.step(data.x, data.y, 0.05, step, masks)
+        assert loss_many == pytest.approx(loss_one, rel=1e-6)
+        assert correct_many == correct_one
+    got, want = many.params() | many.state(), one.params() | one.state()
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_shard_count():
+    from cnnspec.training.runner import MIN_SHARD, shard_count
+
+    assert shard_count("cpu", 2, 64, mixes_batch=False) == 2
+    assert shard_count("cpu", 4, 2 * MIN_SHARD, mixes_batch=False) == 2  # each shard keeps MIN_SHARD images
+    assert shard_count("cpu", 2, MIN_SHARD, mixes_batch=False) == 1
+    assert shard_count("cpu", 1, 64, mixes_batch=False) == 1
+    assert shard_count("cpu", 2, 64, mixes_batch=True) == 1  # batch statistics need the whole batch
+    assert shard_count("cuda", 2, 64, mixes_batch=False) == 1
+    layers = spec_from_data(NET).layers
+    assert [layer.mixes_batch for layer in layers] == [layer.type == "BatchNormalization" for layer in layers]
+
+
+def test_step_runner_picks_shards_and_serial_programs():
+    from cnnspec.training.command import step_runner
+    from cnnspec.training.runner import ShardedStepRunner, StepRunner
+
+    def pick(net, threads, batch):
+        spec = spec_from_data(net)
+        program, runner = step_runner(spec, check(spec), resolve_settings(spec, batch_size=batch), "cpu", threads)
+        return type(runner), program.serial, getattr(runner, "shards", 1)
+
+    assert pick(SHARDED, 2, 32) == (ShardedStepRunner, True, 2)  # one thread per shard
+    assert pick(SHARDED, 4, 32) == (ShardedStepRunner, False, 2)  # two threads per shard
+    assert pick(SHARDED, 1, 32) == (StepRunner, True, 1)
+    assert pick(SHARDED, 2, 16) == (StepRunner, False, 1)
+    assert pick(NET, 2, 32) == (StepRunner, False, 1)  # BatchNormalization needs the whole batch
+    with pytest.raises(ValueError, match="serial"):
+        spec = spec_from_data(SHARDED)
+        StepRunner(build_train_step(spec, check(spec), Optimizer(), serial=True), threads=2)

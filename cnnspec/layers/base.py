@@ -154,6 +154,9 @@ class Layer(BaseModel):
     """Keras's default name prefix (conv2d, max_pooling2d, ...)."""
     non_trainable: ClassVar[tuple[str, ...]] = ()
     """Parameters updated by the forward pass, not by gradients (BatchNormalization's running stats)."""
+    mixes_batch: ClassVar[bool] = False
+    """The training forward mixes the samples of a batch (batch statistics): the batch cannot be cut
+    into shards that run apart (training.runner.ShardedStepRunner)."""
 
     def output_shape(self, shape: Shape) -> Shape:
         raise NotImplementedError

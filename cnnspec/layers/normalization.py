@@ -29,6 +29,7 @@ class BatchNormalization(Layer):
 
     keras_name: ClassVar[str] = "batch_normalization"
     non_trainable: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
+    mixes_batch: ClassVar[bool] = True
 
     def output_shape(self, shape: Shape) -> Shape:
         return shape

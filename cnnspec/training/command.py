@@ -78,13 +78,12 @@ def train_model(
     """Train from `compile --seed` weights (or the latest checkpoint with `resume`)."""
     from ..analysis import check
     from ..compiler import initial_params
-    from .program import build_eval, build_train_step
-    from .runner import Evaluator, StepRunner
+    from .program import build_eval
+    from .runner import Evaluator
 
     report = check(spec)
-    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing, device=device)
+    program, runner = step_runner(spec, report, settings, device, threads)
     evaluator = Evaluator(build_eval(spec, report, settings.label_smoothing), device, threads)
-    runner = StepRunner(program, device, threads)
     key = fingerprint(spec, settings, train)
     with ExitStack() as stack:
         ckpt = stack.enter_context(CheckpointDir(checkpoint_dir)) if checkpoint_dir else None
@@ -98,6 +97,25 @@ def train_model(
         if log is not None:
             loop.log = log
         return loop.run()
+
+
+def step_runner(spec: Spec, report, settings: Settings, device: str, threads: int | None):
+    """The train-step program and what runs it: on a multi-core CPU, shards of each batch side by side
+    (ShardedStepRunner, with the gradients-only program); else the fused step in one session."""
+    from .program import build_train_step
+    from .runner import ShardedStepRunner, StepRunner, cpu_cores, shard_count
+
+    mixes = any(layer.mixes_batch for layer in spec.layers)
+    shards = shard_count(device, threads, settings.batch_size, mixes)
+    optimizer, smoothing = settings.optimizer, settings.label_smoothing
+    cores = threads or cpu_cores()
+    if shards > 1:
+        serial = cores // shards == 1  # one thread per shard: the serial formulations are allowed
+        program = build_train_step(spec, report, optimizer, smoothing, gradients_only=True, serial=serial)
+        return program, ShardedStepRunner(program, optimizer, shards, threads)
+    serial = device == "cpu" and cores == 1
+    program = build_train_step(spec, report, optimizer, smoothing, device=device, serial=serial)
+    return program, StepRunner(program, device, 1 if serial else threads)
 
 
 def _stderr(line: str) -> None:
@@ -158,6 +176,7 @@ def train_command(
     metrics_json: Path | None = None,
     export_train_step: Path | None = None,
     skip_bad_images: bool = False,
+    threads: int | None = None,
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
@@ -187,7 +206,15 @@ def train_command(
     if backend == "ort-training":
         return _ort_training(spec, train, output, held, checkpoint_dir, resume, metrics_json, overrides)
     result = train_model(
-        spec, train, held, settings, device=device, checkpoint_dir=checkpoint_dir, resume=resume, progress=True
+        spec,
+        train,
+        held,
+        settings,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        threads=threads,
+        progress=True,
     )
     atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
     if metrics_json is not None:

@@ -22,7 +22,7 @@ from ..errors import CnnspecError
 from .checkpoints import CheckpointDir, TrainState
 from .optimizers import Optimizer
 from .program import Program
-from .runner import Evaluator, StepRunner
+from .runner import Evaluator, ShardedStepRunner, StepRunner
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Loop:
 
     settings: Settings
     program: Program
-    runner: StepRunner
+    runner: StepRunner | ShardedStepRunner
     evaluator: Evaluator
     train: Data
     val: Data | None

@@ -46,6 +46,8 @@ class Program:
     """Dropout mask inputs and their per-sample NCHW shapes."""
     rates: dict[str, float] = field(default_factory=dict)
     """Dropout rate of each mask input."""
+    serial: bool = False
+    """Runs only in a session with one intra-op thread (see GraphBuilder.serial)."""
 
 
 def _float(g: GraphBuilder) -> int:
@@ -69,18 +71,20 @@ def build_train_step(
     gradients_only: bool = False,
     dtype: type = np.float32,
     device: str = "cpu",
+    serial: bool = False,
 ) -> Program:
     """The train-step graph; with `gradients_only`, outputs grad.<param> instead of updating.
 
     `device` picks among equivalent formulations: Col2Im and MaxUnpool (faster on onnxruntime's CPU)
     have no CUDA kernel in onnxruntime, so a cuda program uses ConvTranspose and ScatterElements.
+    A `serial` program must run with one intra-op thread (GraphBuilder.serial): the runners' shards.
     """
     g = GraphBuilder(TRAIN_OPSET, dtype)
-    g.device = device
+    g.device, g.serial = device, serial
     forward, loss, fused = _forward(g, spec, report, True, smoothing)
     grads = backward(g, list(spec.layers), forward.contexts, loss.dlogits, dy_is_dz=fused)
     params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
-    program = Program(None, params, [p for p in params if p in grads])  # type: ignore[arg-type]
+    program = Program(None, params, [p for p in params if p in grads], serial=serial)  # type: ignore[arg-type]
     outputs: dict[str, str] = {LOSS: loss.loss, CORRECT: loss.correct}
     if gradients_only:
         outputs |= {f"grad.{p}": grads[p] for p in program.trainable}
@@ -98,6 +102,59 @@ def build_train_step(
         inputs = [i for i in inputs if i.name not in (LR, STEP)]
     program.model = _model(g, spec, inputs, outputs)
     return program
+
+
+def shard_grad(k: int, param: str) -> str:
+    return f"shard{k}.grad.{param}"
+
+
+def shard_weight(k: int) -> str:
+    return f"shard{k}.weight"
+
+
+def build_shard_update(gradients: Program, optimizer: Optimizer, shards: int) -> Program:
+    """The optimizer update after data-parallel shards of one batch (see runner.ShardedStepRunner):
+
+      inputs:  trainable params..., optimizer state..., shard<k>.grad.<param>..., shard<k>.weight
+               (scalar) for k < `shards`, learning_rate, step
+      outputs: new.<param>..., new.<state>...
+
+    `gradients` is the shards' gradients-only program. The batch's gradient is g = Σ_k weight_k·grad_k
+    with weight_k = n_k / n: the mean loss over the batch is the size-weighted mean of the shards'
+    mean losses, and the gradient is linear.
+    """
+    inputs = {i.name: i for i in gradients.model.graph.input}
+    g = GraphBuilder(TRAIN_OPSET)
+    grads = {}
+    for p in gradients.trainable:
+        terms = [g.op("Mul", [shard_grad(k, p), shard_weight(k)], "shards") for k in range(shards)]
+        grads[p] = terms[0] if shards == 1 else g.op("Sum", terms, "shards")
+    program = Program(None, list(gradients.trainable), list(gradients.trainable))  # type: ignore[arg-type]
+    outputs = _updates(g, optimizer, grads, program)
+    value = helper.make_tensor_value_info
+    graph_inputs = [inputs[n] for n in program.params]
+    graph_inputs += [value(s, TensorProto.FLOAT, _dims(inputs[p])) for s, p in _state_of(program)]
+    for k in range(shards):
+        graph_inputs += [value(shard_grad(k, p), TensorProto.FLOAT, _dims(inputs[p])) for p in program.trainable]
+    graph_inputs += [value(shard_weight(k), TensorProto.FLOAT, []) for k in range(shards)]
+    graph_inputs += [value(LR, TensorProto.FLOAT, []), value(STEP, TensorProto.INT64, [])]
+    out_infos = [helper.make_tensor_value_info(name, 0, None) for name in outputs]
+    renames = {tensor: name for name, tensor in outputs.items()}
+    for node in g.nodes:
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    graph = helper.make_graph(g.nodes, "shard-update", graph_inputs, out_infos, initializer=g.initializers)
+    program.model = _wrap(graph)
+    return program
+
+
+def _state_of(program: Program) -> list[tuple[str, str]]:
+    """(state name, its parameter) pairs: 'm.conv2d.weight' belongs to 'conv2d.weight'."""
+    return [(s, s.split(".", 1)[1]) for s in program.state]
+
+
+def _dims(info: onnx.ValueInfoProto) -> list[int]:
+    return [d.dim_value for d in info.type.tensor_type.shape.dim]
 
 
 def _dropouts(report: Report, spec: Spec):
