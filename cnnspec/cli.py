@@ -234,6 +234,13 @@ _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")
 _SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile --seed), shuffling and dropout.")
 _BACKEND = typer.Option(help="native (cnnspec's own train-step graph) or ort-training (optional extra).")
 _RESUME = typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.")
+_SKIP_BAD = typer.Option("--skip-bad-images", help="Leave out unreadable images.")
+_TRAIN_THREADS = typer.Option(
+    "--threads",
+    min=1,
+    max=1024,
+    help="CPU threads (default: cores); also how many shards a batch is cut into, so it fixes the rounding.",
+)
 
 
 @app.command()
@@ -253,7 +260,8 @@ def train(
     resume: Annotated[bool, _RESUME] = False,
     metrics_json: Annotated[OptPath, typer.Option(help="Write per-epoch metrics as JSON.")] = None,
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
-    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
+    skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
+    threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .training.command import train_command
@@ -265,7 +273,8 @@ def train(
     train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, val_split=val_split,
+        threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        val_split=val_split,
     )  # fmt: skip
 
 

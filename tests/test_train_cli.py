@@ -100,6 +100,28 @@ def test_train_seed_starts_from_compile_seed_weights(work: Path, monkeypatch):
     assert all(np.array_equal(compiled[k], trained[k]) for k in compiled)
 
 
+def test_threads_reach_the_step_runner(work: Path, monkeypatch):
+    from cnnspec.cli import main
+    from cnnspec.training import command
+
+    seen, real = [], command.step_runner
+
+    def spy(spec, report, settings, device, threads):
+        program, runner = real(spec, report, settings, device, threads)
+        seen.append((threads, type(runner).__name__))
+        return program, runner
+
+    monkeypatch.setattr(command, "step_runner", spy)
+    no_bn = (work / "spec.yaml").read_text().replace("  - {type: BatchNormalization}\n", "")
+    (work / "no-bn.yaml").write_text(no_bn.replace("batch_size: 16", "batch_size: 32"))
+    for threads in ("1", "2"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", str(work / "no-bn.yaml"), "--data", str(work / "data.npz"), "-o", str(work / "t.onnx"),
+                  "--epochs", "1", "--threads", threads])  # fmt: skip
+        assert exit_.value.code == 0
+    assert seen == [(1, "StepRunner"), (2, "ShardedStepRunner")]
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
@@ -109,6 +131,7 @@ def test_train_seed_starts_from_compile_seed_weights(work: Path, monkeypatch):
         (["--backend", "tensorflow"], 2, "--backend"),
         (["--learning-rate", "0"], 2, "--learning-rate"),
         (["--epochs", "0"], 2, "--epochs"),
+        (["--threads", "0"], 2, "--threads"),
     ],
 )
 def test_usage_errors(work: Path, extra, code, message):
