@@ -1,13 +1,15 @@
 """Training throughput (images/s) of cnnspec's train-step graph at batch 64, beside PyTorch eager.
 
-    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--profile] [spec.yaml ...]
+    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--one-session] [--profile] [spec ...]
 
 Defaults: specs/seed.yaml and specs/vgg32.yaml. Each measurement runs whole steps (forward, loss,
 backward and the spec's optimizer update) on one fixed random batch after 3 warm-up steps, for at
-least --seconds. PyTorch runs the same network (same layers, padding, optimizer) in eager mode with
-the same thread count when torch is installed. The two alternate for --rounds rounds and the best
-round of each is reported, so a burst of load from other processes hurts both alike; the load
-average is printed too.
+least --seconds, run the way `cnnspec train` runs them (on a multi-core CPU, shards of the batch side
+by side when no layer mixes the batch; --one-session: the fused step in one session; --profile: the
+fused step under onnxruntime's profiler). PyTorch runs the same network (same layers, padding,
+optimizer) in eager mode with the same thread count when torch is installed. The two alternate for
+--rounds rounds and the best round of each is reported, so a burst of load from other processes hurts
+both alike; the load average is printed too.
 """
 
 from __future__ import annotations
@@ -88,13 +90,21 @@ def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
             print(f"    {name:<40} {ms:7.2f}")
 
 
-def cnnspec_step(spec, threads: int):
+def cnnspec_step(spec, threads: int, one_session: bool = False):
+    """A step as `cnnspec train` runs it (shards side by side on a multi-core CPU when the net allows),
+    or with `one_session` the fused train-step graph in one session with all threads."""
+    from cnnspec.analysis import check
     from cnnspec.compiler import initial_params
+    from cnnspec.training.command import resolve_settings, step_runner
     from cnnspec.training.loop import dropout_masks
     from cnnspec.training.runner import StepRunner
 
-    report, settings, program = train_program(spec)
-    runner = StepRunner(program, "cpu", threads or None)
+    if one_session:
+        report, settings, program = train_program(spec)
+        runner = StepRunner(program, "cpu", threads or None)
+    else:
+        report, settings = check(spec), resolve_settings(spec, batch_size=BATCH)
+        program, runner = step_runner(spec, report, settings, "cpu", threads or None)
     params = initial_params(spec, report, 0)
     runner.load(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
     x, y = batch(spec, report)
@@ -140,6 +150,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print where cnnspec's step spends its time")
+    parser.add_argument(
+        "--one-session", action="store_true", help="time the fused step in one session (no shards), as before shards"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import onnxruntime
@@ -154,7 +167,7 @@ def main() -> None:
         if args.profile:
             profile(spec, args.threads)
             continue
-        steps = [cnnspec_step(spec, args.threads), torch_step(spec, args.threads)]
+        steps = [cnnspec_step(spec, args.threads, args.one_session), torch_step(spec, args.threads)]
         best = [0.0, 0.0]
         for _ in range(args.rounds):
             for i, step in enumerate(steps):
