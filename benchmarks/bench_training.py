@@ -1,6 +1,7 @@
 """Training throughput (images/s) of cnnspec's train-step graph at batch 64, beside PyTorch eager.
 
     python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--one-session] [--profile] [spec ...]
+    .venv-ort-training/bin/python benchmarks/bench_training.py --ort-training [--threads 0] [spec ...]
 
 Defaults: specs/seed.yaml and specs/vgg32.yaml. Each measurement runs whole steps (forward, loss,
 backward and the spec's optimizer update) on one fixed random batch after 3 warm-up steps, for at
@@ -143,6 +144,41 @@ def torch_step(spec, threads: int):
     return step
 
 
+def ort_training_step(spec, threads: int):
+    """A step through onnxruntime-training 1.19.2's artifacts (the --backend ort-training path), or None
+    where that package is missing or refuses the spec. Run in its environment (.venv-ort-training)."""
+    import tempfile
+
+    from cnnspec.errors import CnnspecError
+    from cnnspec.training.ort_backend import ARTIFACTS, export_artifacts, load_ort_training
+
+    scratch = tempfile.TemporaryDirectory(prefix="cnnspec-bench-")  # removed when `step` is gone
+    folder = Path(scratch.name)
+    try:
+        _, api = load_ort_training()
+        export_artifacts(spec, folder)
+    except CnnspecError as exc:
+        print(f"{spec.name}: ort-training not measured: {str(exc).splitlines()[0]}")
+        return None
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+    module = api.Module(str(folder / ARTIFACTS[0]), state, str(folder / ARTIFACTS[1]), "cpu", options)
+    optimizer = api.Optimizer(str(folder / ARTIFACTS[2]), module)
+    module.train()
+    x, y = batch(spec, __import__("cnnspec.analysis", fromlist=["check"]).check(spec))
+
+    def step() -> None:
+        module(x, y)
+        optimizer.step()
+        module.lazy_reset_grad()
+
+    step.scratch = scratch  # type: ignore[attr-defined]
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", default=[ROOT / "specs/seed.yaml", ROOT / "specs/vgg32.yaml"])
@@ -153,6 +189,9 @@ def main() -> None:
     parser.add_argument(
         "--one-session", action="store_true", help="time the fused step in one session (no shards), as before shards"
     )
+    parser.add_argument(
+        "--ort-training", action="store_true", help="time onnxruntime-training instead (run in .venv-ort-training)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import onnxruntime
@@ -160,12 +199,18 @@ def main() -> None:
     from cnnspec.spec import load_spec
 
     print(f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    if not args.profile:
+    if not args.profile and not args.ort_training:
         print(f"{'spec':<10} {'cnnspec img/s':>14} {'pytorch img/s':>14} {'ratio':>6}")
     for path in args.specs:
         spec = load_spec(path)
         if args.profile:
             profile(spec, args.threads)
+            continue
+        if args.ort_training:
+            step = ort_training_step(spec, args.threads)
+            if step is not None:
+                rate = max(timed(step, args.seconds) for _ in range(args.rounds))
+                print(f"{spec.name:<10} onnxruntime-training {rate:,.0f} img/s", flush=True)
             continue
         steps = [cnnspec_step(spec, args.threads, args.one_session), torch_step(spec, args.threads)]
         best = [0.0, 0.0]

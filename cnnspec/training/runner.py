@@ -121,6 +121,8 @@ class ShardedStepRunner:
     def __init__(self, gradients: Program, optimizer: Optimizer, shards: int, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        if gradients.trainable != gradients.params:
+            raise ValueError("sharded steps need every parameter trainable (no forward-updated statistics)")
         self.program, self.optimizer, self.shards = gradients, optimizer, shards
         self._ort, self._threads = ort, threads or cpu_cores()
         data = model_bytes(gradients.model)
