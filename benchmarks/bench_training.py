@@ -39,14 +39,15 @@ def timed(step, seconds: float) -> float:
     return n * BATCH / (time.perf_counter() - start)
 
 
-def train_program(spec):
+def train_program(spec, device: str = "cpu"):
     from cnnspec.analysis import check
     from cnnspec.training.command import resolve_settings
     from cnnspec.training.program import build_train_step
 
     report = check(spec)
     settings = resolve_settings(spec)
-    return report, settings, build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
+    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing, device=device)
+    return report, settings, program
 
 
 def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
@@ -91,7 +92,7 @@ def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
             print(f"    {name:<40} {ms:7.2f}")
 
 
-def cnnspec_step(spec, threads: int, one_session: bool = False):
+def cnnspec_step(spec, threads: int, one_session: bool = False, device: str = "cpu"):
     """A step as `cnnspec train` runs it (shards side by side on a multi-core CPU when the net allows),
     or with `one_session` the fused train-step graph in one session with all threads."""
     from cnnspec.analysis import check
@@ -101,11 +102,11 @@ def cnnspec_step(spec, threads: int, one_session: bool = False):
     from cnnspec.training.runner import StepRunner
 
     if one_session:
-        report, settings, program = train_program(spec)
-        runner = StepRunner(program, "cpu", threads or None)
+        report, settings, program = train_program(spec, device)
+        runner = StepRunner(program, device, threads or None)
     else:
         report, settings = check(spec), resolve_settings(spec, batch_size=BATCH)
-        program, runner = step_runner(spec, report, settings, "cpu", threads or None)
+        program, runner = step_runner(spec, report, settings, device, threads or None)
     params = initial_params(spec, report, 0)
     runner.load(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
     x, y = batch(spec, report)
@@ -121,7 +122,7 @@ def batch(spec, report):
     return x, rng.integers(0, report.output_shape[0], BATCH).astype(np.int64)
 
 
-def torch_step(spec, threads: int):
+def torch_step(spec, threads: int, device: str = "cpu"):
     try:
         import torch
     except ImportError:
@@ -129,16 +130,20 @@ def torch_step(spec, threads: int):
     from torch_net import torch_model
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    model, optimizer = torch_model(spec)
+    model, optimizer = torch_model(spec)  # the optimizer's state is created lazily: moving the model is fine
+    model.to(device)
     x, y = batch(spec, __import__("cnnspec.analysis", fromlist=["check"]).check(spec))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     smoothing = spec.training.label_smoothing if spec.training else 0.0
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(xt), yt).backward()
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
         optimizer.step()
+        if device == "cuda":
+            float(loss)  # as cnnspec's step, which returns the loss to the host: the step is finished
 
     model.train()
     return step
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("specs", nargs="*", default=[ROOT / "specs/seed.yaml", ROOT / "specs/vgg32.yaml"])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print where cnnspec's step spends its time")
     parser.add_argument(
@@ -212,7 +218,10 @@ def main() -> None:
                 rate = max(timed(step, args.seconds) for _ in range(args.rounds))
                 print(f"{spec.name:<10} onnxruntime-training {rate:,.0f} img/s", flush=True)
             continue
-        steps = [cnnspec_step(spec, args.threads, args.one_session), torch_step(spec, args.threads)]
+        steps = [
+            cnnspec_step(spec, args.threads, args.one_session, args.device),
+            torch_step(spec, args.threads, args.device),
+        ]
         best = [0.0, 0.0]
         for _ in range(args.rounds):
             for i, step in enumerate(steps):
