@@ -208,6 +208,13 @@ def _apply(op: str, args: list, a: dict, F, torch):
     raise NotImplementedError(f"bench: no torch mapping for ONNX op {op}")
 
 
+def _to(net, device: str):
+    """The module and its plain-dict constants (preprocessing scale, mean, std) on `device`."""
+    net.to(device)
+    net.consts = {k: v.to(device) if hasattr(v, "to") else v for k, v in net.consts.items()}
+    return net
+
+
 def torch_runners(model: onnx.ModelProto, chw, threads: int | None, device: str) -> dict:
     """{'torch eager': fn, 'ort(torch export)': fn}, or {} without torch."""
     try:
@@ -216,7 +223,7 @@ def torch_runners(model: onnx.ModelProto, chw, threads: int | None, device: str)
         return {}
     torch.set_num_threads(threads or (os.cpu_count() or 1))
     dev = "cuda" if device == "cuda" else "cpu"
-    net = torch_module(model).to(dev)
+    net = _to(torch_module(model), dev)
     out: dict = {}
 
     def eager(x: np.ndarray) -> np.ndarray:
@@ -225,8 +232,8 @@ def torch_runners(model: onnx.ModelProto, chw, threads: int | None, device: str)
             return y.cpu().numpy()
 
     out["torch eager"] = eager
-    exported = _torch_export(net.cpu(), chw)
-    net.to(dev)
+    exported = _torch_export(_to(net, "cpu"), chw)
+    _to(net, dev)
     if exported is not None:
         out["ort(torch export)"] = ort_runner(exported, device, threads)
         ours, theirs = optimized_ops(model_bytes(model)), optimized_ops(exported)

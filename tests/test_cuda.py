@@ -52,7 +52,12 @@ def test_cpu_and_cuda_agree(model_path, batch):
     cpu = Classifier(model_path, device="cpu").scores(x, batch_size=batch)
     gpu = Classifier(model_path, device="cuda").scores(x, batch_size=batch)  # IOBinding path
     assert np.abs(cpu - gpu).max() <= 1e-4
-    assert np.array_equal(cpu.argmax(1), gpu.argmax(1))
+    # The top class agrees wherever the top two are further apart than the tolerance (an untrained
+    # model has near-ties: 0.110780 vs 0.110785 flipped between CPU and CUDA on an H100).
+    top2 = np.sort(cpu, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2e-4
+    assert clear.mean() > 0.5
+    assert np.array_equal(cpu.argmax(1)[clear], gpu.argmax(1)[clear])
 
 
 def test_iobinding_equals_plain_run(model_path):
