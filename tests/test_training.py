@@ -360,9 +360,10 @@ def test_step_runner_picks_shards_and_serial_programs():
         return type(runner), program.serial, getattr(runner, "shards", 1)
 
     assert pick(SHARDED, 2, 32) == (ShardedStepRunner, True, 2)  # one thread per shard
-    assert pick(SHARDED, 4, 32) == (ShardedStepRunner, False, 2)  # two threads per shard
+    assert pick(SHARDED, 4, 32) == (ShardedStepRunner, True, 4)
+    assert pick(SHARDED, 4, 16) == (ShardedStepRunner, False, 2)  # two threads per shard
     assert pick(SHARDED, 1, 32) == (StepRunner, True, 1)
-    assert pick(SHARDED, 2, 16) == (StepRunner, False, 1)
+    assert pick(SHARDED, 2, 8) == (StepRunner, False, 1)  # fewer than 2 x MIN_SHARD images
     assert pick(NET, 2, 32) == (StepRunner, False, 1)  # BatchNormalization needs the whole batch
     with pytest.raises(ValueError, match="serial"):
         spec = spec_from_data(SHARDED)
