@@ -368,3 +368,25 @@ def test_step_runner_picks_shards_and_serial_programs():
     with pytest.raises(ValueError, match="serial"):
         spec = spec_from_data(SHARDED)
         StepRunner(build_train_step(spec, check(spec), Optimizer(), serial=True), threads=2)
+
+
+def test_a_dropped_sharded_runner_takes_its_threads_along():
+    import gc
+    import threading
+
+    from cnnspec.training.runner import ShardedStepRunner
+
+    spec = spec_from_data(SHARDED)
+    program = build_train_step(spec, check(spec), Optimizer(), gradients_only=True, serial=True)
+    before = set(threading.enumerate())
+    runner = ShardedStepRunner(program, Optimizer(), 3, threads=3)
+    runner.load(initial_params(spec, check(spec)), {})
+    data = separable(24)
+    runner.step(data.x, data.y, 0.1, 0, dropout_masks(program, 0, 0, 0, 24))
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("cnnspec-shard")]
+    assert len(workers) == 2  # shard 0 runs on the calling thread
+    del runner
+    gc.collect()
+    for thread in workers:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in workers)

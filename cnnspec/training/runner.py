@@ -8,6 +8,7 @@ copy of every parameter per step.
 from __future__ import annotations
 
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -146,6 +147,8 @@ class ShardedStepRunner:
         self._shard_bindings = [[self._bind_shard(k, side) for k in range(shards)] for side in range(2)]
         self._update_bindings: dict[tuple[int, int], Any] = {}
         self._pool = ThreadPoolExecutor(shards - 1, thread_name_prefix="cnnspec-shard") if shards > 1 else None
+        if self._pool is not None:  # its idle threads go with the runner, not at interpreter exit
+            weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def _buffer(self, shape: list[int], dtype: type) -> Any:
         return self._ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype)
