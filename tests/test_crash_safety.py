@@ -267,3 +267,23 @@ def test_cleanup_touches_only_this_outputs_dead_temps(tmp_path: Path) -> None:
     assert stale_temps(tmp_path / "m[1].onnx") == sorted([mine, alive])
     atomic_write(tmp_path / "m[1].onnx", b"model")
     assert sorted(tmp_path.iterdir()) == sorted([other_output, alive, tmp_path / "m[1].onnx"])
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The `cnnspec` entry point: a Ctrl-C during the ~0.1 s of typer/rich imports exits 130 without a traceback."""
+    import importlib.abc
+
+    from cnnspec.__main__ import run
+
+    class CtrlCOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "cnnspec.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "cnnspec.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
+    with pytest.raises(SystemExit) as info:
+        run()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
