@@ -129,9 +129,10 @@ def layer_names(layers: list[Any]) -> list[str]:
     return names
 
 
-def layer_label(index: int, kind: Any, name: str) -> str:
-    """How messages name a layer: layers[3] Conv2D 'conv2d_2'."""
-    return f"layers[{index}] {_shown(kind) if isinstance(kind, str) else 'layer'} '{_shown(name)}'"
+def layer_label(index: int, kind: Any, name: str | None) -> str:
+    """How messages name a layer: layers[3] Conv2D 'conv2d_2' (no name: layers[3] Bogus)."""
+    shown_kind = _shown(kind) if isinstance(kind, str) else "(no type)"
+    return f"layers[{index}] {shown_kind}" + (f" '{_shown(name)}'" if name is not None else "")
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -318,7 +319,11 @@ def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]
             rest = loc[3:] if len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE else loc[2:]
             raw = raw_layers[layer] if layer < len(raw_layers) else {}
             kind = raw.get("type") if isinstance(raw, dict) else None
-            prefix = layer_label(layer, kind, names[layer] if layer < len(names) else "?") + ": "
+            explicit = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else None
+            # A layer of no known type has no default name (it would be a made-up 'layer_1').
+            known = isinstance(kind, str) and kind in LAYERS_BY_TYPE
+            name = names[layer] if known and layer < len(names) else explicit
+            prefix = layer_label(layer, kind, name) + ": "
         else:
             rest = loc
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[") or None

@@ -257,10 +257,11 @@ def spatial_windows(
         axis_name = ("height", "width")[axis]
         formula = window_formula(shape[axis], kernel[axis], strides[axis], dilation[axis], pads[axis])
         dil = f" with dilation {dilation[0]}x{dilation[1]}" if dilation != (1, 1) else ""
+        written = list(padding) if isinstance(padding, tuple) else padding  # as the spec wrote it: [1, 2]
         raise ShapeError(
             "kernel_size" if what == "kernel" else "pool_size",
             f"{what} {kernel[0]}x{kernel[1]}{dil} does not fit the {shape[0]}x{shape[1]} input with "
-            f"padding={padding!r}: output {axis_name} would be {formula}",
+            f"padding={written!r}: output {axis_name} would be {formula}",
             f"padding: same, a smaller {what}, or one pooling layer less before it",
         )
     return wins[0], wins[1]
