@@ -55,6 +55,12 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
+    def scalar(self, scope: str, value: float, dtype: Any) -> str:
+        """A 0-d constant, for inputs the ONNX spec wants as true scalars (Range's start and delta)."""
+        name = self.unique(f"{scope}/const")
+        self.initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        return name
+
     def constant(self, scope: str, value: np.ndarray | float, dtype: Any = None) -> str:
         """A small fixed constant (not a parameter) named after its scope; floats follow `self.dtype`."""
         array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)

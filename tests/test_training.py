@@ -7,6 +7,7 @@ import os
 import signal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
@@ -238,6 +239,14 @@ def test_train_step_graph_is_standard_domain_only():
     assert outputs[:2] == ["loss", "correct"]
     assert set(outputs[2:]) == {new(n) for n in program.params + program.state}
     ort.InferenceSession(program.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    # every program cnnspec builds or exports passes onnx's checker with shape inference
+    from cnnspec.training.program import build_eval, build_shard_update
+
+    sharded = spec_from_data(SHARDED)
+    gradients = build_train_step(sharded, check(sharded), Optimizer(), gradients_only=True, serial=True)
+    update = build_shard_update(gradients, Optimizer("adam"), 3)
+    for model in (program, build_eval(spec, check(spec)), gradients, update):
+        onnx.checker.check_model(model.model, full_check=True)
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")

@@ -138,7 +138,7 @@ def build_shard_update(gradients: Program, optimizer: Optimizer, shards: int) ->
         graph_inputs += [value(shard_grad(k, p), TensorProto.FLOAT, _dims(inputs[p])) for p in program.trainable]
     graph_inputs += [value(shard_weight(k), TensorProto.FLOAT, []) for k in range(shards)]
     graph_inputs += [value(LR, TensorProto.FLOAT, []), value(STEP, TensorProto.INT64, [])]
-    out_infos = [helper.make_tensor_value_info(name, 0, None) for name in outputs]
+    out_infos = [_output_info(name, graph_inputs) for name in outputs]
     renames = {tensor: name for name, tensor in outputs.items()}
     for node in g.nodes:
         node.output[:] = [renames.get(n, n) for n in node.output]
@@ -197,12 +197,27 @@ def _model(g: GraphBuilder, spec: Spec, inputs, outputs: dict[str, str]) -> onnx
             g.nodes.append(helper.make_node("Identity", [renames.get(tensor, tensor)], [name], name=f"{name}/Identity"))
         else:
             renames[tensor] = name
-        out_infos.append(helper.make_tensor_value_info(name, 0, None))
+        out_infos.append(_output_info(name, inputs))
     for node in g.nodes:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
     graph = helper.make_graph(g.nodes, f"{spec.name}-train-step", inputs, out_infos, initializer=g.initializers)
     return _wrap(graph)
+
+
+def _output_info(name: str, inputs: list[onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    """A graph output's declared type: loss (float) and correct (int64) are scalars; new.<x> and grad.<x>
+    are typed and shaped as the input <x> (onnx's checker wants every graph output typed)."""
+    by_name = {i.name: i for i in inputs}
+    source = by_name.get(name.removeprefix("new.").removeprefix("grad."))
+    if source is not None:
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(source)
+        info.name = name
+        return info
+    float_type = by_name[INPUT].type.tensor_type.elem_type if INPUT in by_name else TensorProto.FLOAT
+    kind = TensorProto.INT64 if name == CORRECT else float_type
+    return helper.make_tensor_value_info(name, kind, [])
 
 
 def _wrap(graph: onnx.GraphProto) -> onnx.ModelProto:
