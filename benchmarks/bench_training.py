@@ -155,7 +155,7 @@ def ort_training_step(spec, threads: int):
     import tempfile
 
     from cnnspec.errors import CnnspecError
-    from cnnspec.training.ort_backend import ARTIFACTS, export_artifacts, load_ort_training
+    from cnnspec.training.ort_artifacts import ARTIFACTS, export_artifacts, load_ort_training
 
     scratch = tempfile.TemporaryDirectory(prefix="cnnspec-bench-")  # removed when `step` is gone
     folder = Path(scratch.name)

@@ -134,7 +134,7 @@ def export_artifacts_cmd(
     training; needs onnxruntime-training 1.19.2 in its own environment (docs/ort-training.md)."""
     from .errors import UsageError
     from .spec import load_spec
-    from .training.ort_backend import export_artifacts
+    from .training.ort_artifacts import export_artifacts
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"'{folder}' is a file; export-artifacts writes into a folder")

@@ -17,7 +17,7 @@ from conftest import SPECS_DIR, run_cli
 from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, initial_params
 from cnnspec.spec import spec_from_data
-from cnnspec.training import ort_backend
+from cnnspec.training import ort_artifacts, ort_backend
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime.training") is not None, reason="this environment has onnxruntime-training"
@@ -60,7 +60,7 @@ def test_export_artifacts_without_the_package_says_how_to_set_it_up_and_writes_n
 
 def test_setup_commands_in_the_message_are_the_documented_ones():
     docs = (SPECS_DIR.parent / "docs" / "ort-training.md").read_text()
-    for line in ort_backend.SETUP.splitlines():
+    for line in ort_artifacts.SETUP.splitlines():
         assert line in docs
 
 
@@ -70,7 +70,7 @@ def test_refusals_need_no_package():
         "layers": [{"type": "BatchNormalization", "name": "norm"}, {"type": "Flatten"}, {"type": "Dense", "units": 2}],
         "training": {"optimizer": "nesterov"},
     })  # fmt: skip
-    issues = ort_backend.unsupported(spec)
+    issues = ort_artifacts.unsupported(spec)
     assert [(i.layer, i.field) for i in issues] == [(0, "type"), (None, "training.optimizer")]
     assert "layers[0] BatchNormalization 'norm'" in issues[0].message and "no gradient" in issues[0].message
 
@@ -103,7 +103,7 @@ def test_the_graph_given_to_ort_training_computes_the_compiled_model():
             None, {"input": x}
         )[0]
 
-    graph = ort_backend.training_graph(spec, report, params)
+    graph = ort_artifacts.training_graph(spec, report, params)
     assert not {"AveragePool", "GlobalMaxPool", "Elu", "Softmax"} & {n.op_type for n in graph.graph.node}
     logits = run(graph)
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))

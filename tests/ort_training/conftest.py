@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cnnspec.data import Dataset
-from cnnspec.training.ort_backend import BackendMissing, load_ort_training
+from cnnspec.training.ort_artifacts import BackendMissing, load_ort_training
 
 from .ort_helpers import ROOT
 

@@ -15,7 +15,7 @@ from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, initial_params
 from cnnspec.errors import CnnspecError, SpecError
 from cnnspec.spec import spec_from_data
-from cnnspec.training import ort_backend
+from cnnspec.training import ort_artifacts, ort_backend
 
 from .ort_helpers import ROOT, run_cli
 
@@ -29,9 +29,9 @@ def test_export_artifacts_writes_four_loadable_artifacts(tmp_path, ort_training)
     _, api = ort_training
     done = run_cli("export-artifacts", ROOT / "specs" / "digits.yaml", tmp_path / "art", "--seed", "1")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted(ort_backend.ARTIFACTS)
-    for name in ort_backend.ARTIFACTS[:3]:
-        assert onnx.load(str(tmp_path / "art" / name)).ir_version <= ort_backend.MAX_IR_VERSION
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted(ort_artifacts.ARTIFACTS)
+    for name in ort_artifacts.ARTIFACTS[:3]:
+        assert onnx.load(str(tmp_path / "art" / name)).ir_version <= ort_artifacts.MAX_IR_VERSION
     trainer = ort_backend.OrtTrainer(tmp_path / "art", api)  # CheckpointState + Module + Optimizer load them
     assert trainer.module.input_names()[:2] == ["input", "labels"]
     x, y = np.random.default_rng(0).uniform(0, 16, (5, 1, 8, 8)).astype(np.float32), np.arange(5)
@@ -53,7 +53,7 @@ BN = [{"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "BatchNormali
 
 def test_batch_normalization_is_refused_before_any_work_naming_the_layer(tmp_path):
     with pytest.raises(SpecError) as err:
-        ort_backend.export_artifacts(spec_from_data(make_spec(BN)), tmp_path / "never")
+        ort_artifacts.export_artifacts(spec_from_data(make_spec(BN)), tmp_path / "never")
     assert "layers[1] BatchNormalization 'batch_normalization'" in str(err.value)
     assert "no gradient" in str(err.value) and "--backend native" in str(err.value)
     assert err.value.issues[0].layer == 1 and not (tmp_path / "never").exists()
@@ -75,7 +75,7 @@ def test_refusal_through_the_cli_is_exit_1_without_traceback(tmp_path):
 def test_training_settings_it_lacks_are_refused(training, words):
     spec = spec_from_data(make_spec([{"type": "Flatten"}, {"type": "Dense", "units": 3}], training))
     with pytest.raises(SpecError, match=words):
-        ort_backend.check_supported(spec)
+        ort_artifacts.check_supported(spec)
 
 
 UNTRAINABLE_RAW = [
@@ -95,8 +95,8 @@ def test_raw_ops_it_cannot_differentiate_fail_cleanly_in_the_child(layers, words
     report = check(spec)
     raw = build_inference_model(spec, report, initial_params(spec, report, 0))
     with tempfile.TemporaryDirectory() as temp, pytest.raises(CnnspecError, match=words):
-        ort_backend.generate_artifacts(
-            raw, ort_backend.trainable(spec, report), ort_backend.OptimizerConfig(), Path(temp)
+        ort_artifacts.generate_artifacts(
+            raw, ort_artifacts.trainable(spec, report), ort_artifacts.OptimizerConfig(), Path(temp)
         )
 
 
@@ -119,9 +119,11 @@ def test_lowered_layers_train_and_evaluate_like_the_compiled_model(tmp_path, ort
     spec = spec_from_data(LOWERED)
     report = check(spec)
     params = initial_params(spec, report, 5)
-    graph = ort_backend.training_graph(spec, report, params)
+    graph = ort_artifacts.training_graph(spec, report, params)
     assert not {"AveragePool", "GlobalMaxPool", "Elu", "Softmax"} & {n.op_type for n in graph.graph.node}
-    ort_backend.generate_artifacts(graph, ort_backend.trainable(spec, report), ort_backend.OptimizerConfig(), tmp_path)
+    ort_artifacts.generate_artifacts(
+        graph, ort_artifacts.trainable(spec, report), ort_artifacts.OptimizerConfig(), tmp_path
+    )
     trainer = ort_backend.OrtTrainer(tmp_path, api)
     x = np.random.default_rng(1).uniform(0, 255, (6, 2, 7, 7)).astype(np.float32)
     y = np.arange(6) % 4
