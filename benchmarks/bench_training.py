@@ -143,7 +143,7 @@ def torch_step(spec, threads: int, device: str = "cpu"):
         loss.backward()
         optimizer.step()
         if device == "cuda":
-            float(loss)  # as cnnspec's step, which returns the loss to the host: the step is finished
+            float(loss.detach())  # as cnnspec's step, which returns the loss to the host: the step is finished
 
     model.train()
     return step
