@@ -141,7 +141,37 @@ def open_image(data: bytes, source: str) -> Image.Image:
         raise _bomb_error(source, f"({w * h} pixels)")
     if w < 1 or h < 1:
         raise ImageError(f"'{source}': image has no pixels ({w}x{h})")
+    _check_raw_pixels_present(img, len(data), source)
     return img
+
+
+def _check_raw_pixels_present(img: Image.Image, size: int, source: str) -> None:
+    """An uncompressed ('raw') image must hold its pixels: its tiles cover the whole image, and each finds at
+    least one bit per pixel in the file after its offset.
+
+    NOTE: Pillow allocates the declared size and decodes whatever raw strips a TIFF lists, leaving the rest
+    zero, with no error: a 194-byte file declaring 5 x 12.7M 32-bit pixels (under the pixel cap) with one
+    3-row strip took 0.9 GB and 2 s (found by fuzzing; in tests/fixtures/fuzz-regressions/).
+    """
+    tiles = list(img.tile)
+    if not tiles or any(tile[0] != "raw" for tile in tiles):
+        return
+    covered = 0
+    for _, extents, offset, *_ in tiles:
+        if not (isinstance(offset, int) and len(extents) == 4 and all(isinstance(v, int) for v in extents)):
+            raise ImageError(f"'{source}': image file is truncated or corrupt (a strip or tile is malformed)")
+        x0, y0, x1, y1 = extents
+        area = (x1 - x0) * (y1 - y0)
+        covered += area
+        if area > 8 * max(size - offset, 0):
+            break
+    else:
+        if covered >= img.size[0] * img.size[1]:
+            return
+    raise ImageError(
+        f"'{source}': image file is truncated or corrupt (it declares {img.size[0]}x{img.size[1]} uncompressed "
+        f"pixels that its {size} bytes do not hold)"
+    )
 
 
 # What Pillow raises on malformed files; TypeError and KeyError come from broken TIFF tags (found by fuzzing).

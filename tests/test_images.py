@@ -192,6 +192,23 @@ def test_bomb_header_refused_without_allocating(tmp_path, side, mp):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing like 400 MB
 
 
+def test_raw_image_without_its_pixels_refused_without_allocating(tmp_path):
+    """A 194-byte TIFF declaring 5 x 12.7M 32-bit pixels (under the pixel cap) in one 3-row strip: Pillow
+    would allocate and "decode" it without an error (0.9 GB, found by fuzzing)."""
+    finding = Path(__file__).parent / "fixtures" / "fuzz-regressions" / "image_loader-tiff-raw-63mp-194-bytes.bin"
+    path = tmp_path / "tiny.tif"
+    path.write_bytes(finding.read_bytes())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match=r"declares 5x12713984 uncompressed pixels that its 194 bytes do not hold"):
+        load_image(path, (1, 8, 8))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing like 254 MB
+    # a whole uncompressed TIFF and BMP, 1 bit per pixel at the least, still load
+    for fmt, mode in (("TIFF", "1"), ("BMP", "1"), ("TIFF", "L"), ("BMP", "RGB")):
+        ok = tmp_path / f"ok-{mode}.{fmt.lower()}"
+        Image.new(mode, (203, 301), 1).save(ok, fmt)
+        assert load_image(ok, (1 if mode != "RGB" else 3, 8, 8)).shape == (1 if mode != "RGB" else 3, 8, 8)
+
+
 FOREIGN = {
     "fits": b"SIMPLE  =                    T" + b" " * 2850,
     "psd": b"8BPS\x00\x01" + b"\x00" * 40,
