@@ -21,8 +21,8 @@ FUZZ = ROOT / "fuzz"
 REGRESSIONS = Path(__file__).resolve().parent / "fixtures" / "fuzz-regressions"
 SECONDS = int(os.environ.get("CNNSPEC_FUZZ_SECONDS", "10"))
 HARNESSES = {"spec_loader": "spec", "image_loader": "image", "model_check": "model"}
-# NOTE: -timeout is 30 here, not the long run's 5: a 300-byte TIFF can declare 42 MP (under the 64 MP cap) and
-# take ~5 s on a busy CI machine (fuzz/findings/); the smoke run looks for crashes, the long run for slow inputs.
+# NOTE: -timeout is 30 here, not the long run's 5: the three harnesses share a busy CI machine, and the smoke run
+# looks for crashes and memory blow-ups, the long run for slow inputs.
 FLAGS = ["-rss_limit_mb=1024", "-timeout=30"]
 
 
