@@ -11,6 +11,7 @@ Every loader returns raw pixels (the model preprocesses in-graph) as float32 [N,
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -213,7 +214,7 @@ def read_idx(path: Path, expect_dims: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"'{path}': IDX header is truncated")
     dims = struct.unpack(f">{expect_dims}I", raw[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # exact: three uint32 dims overflow int64 (2^22 x 2^21 x 2^21 wraps to 0)
     if len(raw) - header != count:
         raise DataError(f"'{path}': IDX dims {list(dims)} need {count} bytes of data; found {len(raw) - header}")
     return np.frombuffer(raw, np.uint8, count, header).reshape(dims)

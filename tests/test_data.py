@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,14 @@ def test_mnist_idx(tmp_path, gz):
 def test_mnist_idx_with_a_wrong_header(tmp_path):
     path, *_ = idx_pair(tmp_path, labels_ok=False)
     with pytest.raises(DataError, match=r"IDX dims \[6\] need 6 bytes of data; found 5"):
+        load_dataset(path, (4, 3, 1))
+
+
+def test_mnist_idx_dims_whose_product_wraps_in_int64(tmp_path):
+    """2^22 x 2^21 x 2^21 = 2^64 wrapped to 0 in int64, and an empty data section then "matched"."""
+    path, *_ = idx_pair(tmp_path, gz=False)
+    Path(path).write_bytes(struct.pack(">HBB3I", 0, 8, 3, 1 << 22, 1 << 21, 1 << 21))
+    with pytest.raises(DataError, match=r"need 18446744073709551616 bytes of data; found 0"):
         load_dataset(path, (4, 3, 1))
 
 
