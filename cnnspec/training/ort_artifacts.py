@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CnnspecError, Issue, SpecError
+from .optimizers import ADAMW_DEFAULT_DECAY
 
 if TYPE_CHECKING:
     import onnx
@@ -48,7 +49,6 @@ MAX_IR_VERSION = 10  # the newest IR version onnxruntime 1.19.2 loads
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 LOGITS, LABELS = "output", "labels"
 CHILD_TIMEOUT_S = 600
-ADAMW_DEFAULT_DECAY = 0.004  # Keras's AdamW default, as cnnspec.training.optimizers
 SETUP = f"""python3.11 -m venv .venv-ort-training
 .venv-ort-training/bin/pip install onnxruntime-training-cpu=={ORT_TRAINING_VERSION} "onnx>=1.21" numpy \\
     pydantic pyyaml typer rich pillow
