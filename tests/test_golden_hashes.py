@@ -1,5 +1,6 @@
 """Golden files: the sha256 of three reference specs compiled with seed 0 (the seed network; BN + dropout + groups;
-'same' padding on odd sizes). A change in the bytes is either a bug or a deliberate format change.
+'same' padding on odd sizes), of their train-step programs (fused, gradients-only serial shards, CUDA) and of
+`validate --json` for every shipped spec. A change in the bytes is either a bug or a deliberate format change.
 
 Protobuf and numpy make no cross-version promise about bytes, so the hashes are keyed by the versions that
 produced them; on other versions the test skips (the property tests still check behaviour). Regenerate with
@@ -24,6 +25,12 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 HASHES = GOLDEN / "hashes.json"
 SPECS = ("seed", "bn_dropout_groups", "same_odd")
 SEED = 0
+PROGRAMS = {  # name -> build_train_step keyword arguments
+    "fused": {},
+    "shard": {"gradients_only": True, "serial": True},
+    "cuda": {"device": "cuda"},
+}
+SHIPPED = sorted(p.stem for p in (GOLDEN.parents[1] / "specs").glob("*.yaml"))
 
 
 def versions() -> dict[str, str]:
@@ -45,8 +52,38 @@ def compiled(name: str) -> bytes:
     return model_bytes(compile_spec(load_spec(GOLDEN / "specs" / f"{name}.yaml"), seed=SEED))
 
 
-def current_hashes() -> dict[str, str]:
-    return {name: hashlib.sha256(compiled(name)).hexdigest() for name in SPECS}
+def train_step(name: str, program: str) -> bytes:
+    from cnnspec.analysis import check
+    from cnnspec.compiler import model_bytes
+    from cnnspec.spec import load_spec
+    from cnnspec.training.optimizers import Optimizer
+
+    spec = load_spec(GOLDEN / "specs" / f"{name}.yaml")
+    from cnnspec.training.program import build_train_step
+
+    built = build_train_step(spec, check(spec), Optimizer("adam"), 0.1, **PROGRAMS[program])
+    return model_bytes(built.model)
+
+
+def validate_json(name: str) -> bytes:
+    from cnnspec.analysis import analyze
+    from cnnspec.spec import load_spec
+    from cnnspec.summary import report_json
+
+    report = analyze(load_spec(GOLDEN.parents[1] / "specs" / f"{name}.yaml"))
+    return json.dumps(report_json(report), sort_keys=True).encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def current_hashes() -> dict[str, dict[str, str]]:
+    return {
+        "sha256": {name: sha(compiled(name)) for name in SPECS},
+        "train_step": {f"{n}/{p}": sha(train_step(n, p)) for n in ("seed", "bn_dropout_groups") for p in PROGRAMS},
+        "validate_json": {name: sha(validate_json(name)) for name in SHIPPED},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +102,19 @@ def test_compiled_bytes_match_the_golden_hash(golden: dict, name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["seed", "bn_dropout_groups"])
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_train_step_programs_match_the_golden_hash(golden: dict, name: str, program: str) -> None:
+    assert sha(train_step(name, program)) == golden["train_step"][f"{name}/{program}"], (
+        f"the {program} train-step program of {name}.yaml changed; if intended, regenerate the hashes"
+    )
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_validate_json_of_shipped_specs_matches_the_golden_hash(golden: dict, name: str) -> None:
+    assert sha(validate_json(name)) == golden["validate_json"][name], f"validate --json of {name}.yaml changed"
+
+
 def test_the_cli_writes_the_same_bytes(golden: dict, tmp_path: Path) -> None:
     """A fresh interpreter (another PYTHONHASHSEED) through `cnnspec compile` gives the golden bytes too."""
     out = tmp_path / "m.onnx"
@@ -79,7 +129,7 @@ def test_the_cli_writes_the_same_bytes(golden: dict, tmp_path: Path) -> None:
 def regenerate() -> None:
     from cnnspec.files import atomic_write
 
-    data = {"versions": versions(), "seed": SEED, "sha256": current_hashes()}
+    data = {"versions": versions(), "seed": SEED, **current_hashes()}
     atomic_write(HASHES, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     print(json.dumps(data, indent=2, sort_keys=True))
 
