@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from .errors import Issue, SpecError
 from .layers import Layer, ShapeError
 from .shapes import Shape, numel
-from .spec import Spec, layer_label, layer_names
+from .graph import INPUT, Graph, Node, build_graph, param_name
+from .spec import Spec
 
 MAX_PARAMS = 500_000_000  # float32 weights must fit protobuf's 2 GiB cap on one .onnx file
 MAX_INPUT_VALUES = 1 << 26  # 64 Mi values per image (e.g. 4096 x 4096 x 4)
@@ -18,10 +19,13 @@ MAX_INPUT_VALUES = 1 << 26  # 64 Mi values per image (e.g. 4096 x 4096 x 4)
 
 @dataclass(frozen=True)
 class LayerReport:
+    """One node of the graph, analysed: its shapes, parameters, cost and receptive field."""
+
     index: int
+    """The top-level `layers[index]` it comes from (a block use's index for every layer inside it)."""
     name: str
     type: str
-    input_shape: Shape
+    input_shapes: tuple[Shape, ...]
     output_shape: Shape
     params: int
     trainable_params: int
@@ -29,11 +33,24 @@ class LayerReport:
     flops: int
     padding: str
     receptive_field: tuple[int, int]
+    inputs: tuple[str, ...] = (INPUT,)
+    layer: Layer | None = None
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.input_shapes[0]
 
     @property
     def activation_bytes(self) -> int:
         """float32 bytes of this layer's output for one image."""
         return 4 * numel(self.output_shape)
+
+    def param_names(self) -> dict[str, str]:
+        """Parameter key -> full name ('weight' -> 'layer1.0.conv1.weight')."""
+        return {key: param_name(self.name, key) for key in self.param_shapes}
+
+    def trainable_keys(self) -> list[str]:
+        return [k for k in self.param_shapes if self.layer is None or k not in self.layer.non_trainable]
 
 
 @dataclass
@@ -44,6 +61,7 @@ class Report:
     layers: list[LayerReport] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
+    graph: Graph = field(default_factory=lambda: Graph((), INPUT))
 
     @property
     def valid(self) -> bool:
@@ -70,37 +88,55 @@ class Report:
         """The class names: the spec's, or "0", "1", ... ."""
         return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.output_shape[0])]
 
+    @property
+    def param_shapes(self) -> dict[str, Shape]:
+        """Every parameter by full name, in node order (running statistics included): the state dict's layout."""
+        return {param_name(r.name, k): s for r in self.layers for k, s in r.param_shapes.items()}
 
-def _layer_report(index: int, name: str, layer: Layer, shape: Shape, rf: list[int], jump: list[int]) -> LayerReport:
-    out = layer.output_shape(shape)
-    shapes = layer.param_shapes(shape)
-    params = sum(numel(s) for s in shapes.values())
-    trainable = sum(numel(s) for k, s in shapes.items() if k not in layer.non_trainable)
+    @property
+    def trainable(self) -> list[str]:
+        return [param_name(r.name, k) for r in self.layers for k in r.trainable_keys()]
+
+    @property
+    def mixes_batch(self) -> bool:
+        """Some layer's training forward mixes the samples of a batch (BatchNormalization)."""
+        return any(r.layer is not None and r.layer.mixes_batch for r in self.layers)
+
+
+Field = tuple[tuple[int, int], tuple[int, int]]
+"""(receptive field, jump): how many input pixels an output pixel sees, and its stride in input pixels."""
+
+
+def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) -> tuple[LayerReport, Field]:
+    layer, shape = node.layer, shapes[0]
+    fewest, most = layer.arity
+    if not fewest <= len(shapes) <= (most or len(shapes)):
+        names = ", ".join(f"'{n}'" for n in node.inputs)
+        raise ShapeError("inputs", f"{layer.type} takes one input but inputs lists {len(shapes)} ({names})",
+                         "join them first with a merge layer (Add, Concatenate, ...) and read its output")  # fmt: skip
+    out = layer.infer_shape(shapes)
+    params = layer.param_shapes(shape)
+    count = sum(numel(s) for s in params.values())
+    trainable = sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
+    # Across branches the receptive field is the largest over the paths (and the coarsest jump).
+    rf = [max(f[0][a] for f in fields) for a in (0, 1)]
+    jump = [max(f[1][a] for f in fields) for a in (0, 1)]
     win = layer.window(shape)
     if win is not None:  # rf grows by (k-1)*d input strides; the jump by the stride
         (kh, kw), (sh, sw), (dh, dw) = win
         rf[0], rf[1] = rf[0] + (kh - 1) * dh * jump[0], rf[1] + (kw - 1) * dw * jump[1]
         jump[0], jump[1] = jump[0] * sh, jump[1] * sw
-    return LayerReport(
-        index,
-        name,
-        layer.type,
-        shape,
-        out,
-        params,
-        trainable,
-        shapes,
-        layer.flops(shape, out),
-        layer.padding_applied(shape),
-        (rf[0], rf[1]),
-    )
+    row = LayerReport(
+        node.origin.index, node.name, layer.type, shapes, out, count, trainable, params,
+        layer.flops(shape, out), layer.padding_applied(shape), (rf[0], rf[1]), node.inputs, layer,
+    )  # fmt: skip
+    return row, ((rf[0], rf[1]), (jump[0], jump[1]))
 
 
 def analyze(spec: Spec) -> Report:
-    """Walk the layers; stop at the first shape failure (later shapes are unknown)."""
+    """Build the graph, then walk it in order; a layer whose inputs failed is skipped (its shapes are unknown)."""
     report = Report(spec)
-    names = layer_names(spec.layers)
-    _check_names(spec, names, report)
+    report.graph, report.issues = build_graph(spec)
     shape: Shape = spec.input_shape
     if numel(shape) > MAX_INPUT_VALUES:
         report.issues.append(
@@ -112,14 +148,16 @@ def analyze(spec: Spec) -> Report:
         )
         return report
     _check_preprocess(spec, report)
-    rf, jump = [1, 1], [1, 1]
-    for index, (layer, name) in enumerate(zip(spec.layers, names, strict=True)):
-        label = layer_label(index, layer.type, name)
+    known: dict[str, tuple[Shape, Field]] = {INPUT: (shape, ((1, 1), (1, 1)))}
+    for node in report.graph.nodes:
+        if any(ref not in known for ref in node.inputs):
+            continue
+        label = node.origin.label
         try:
-            row = _layer_report(index, name, layer, shape, rf, jump)
+            row, receptive = _layer_report(node, tuple(known[r][0] for r in node.inputs), [known[r][1] for r in node.inputs])
         except ShapeError as err:
-            report.issues.append(Issue(f"{label}: {err.message}. Hint: {err.hint}", index, err.field))
-            return report
+            report.issues.append(Issue(f"{label}: {err.message}. Hint: {err.hint}", node.origin.index, err.field))
+            continue
         report.layers.append(row)
         if report.total_params > MAX_PARAMS:
             report.issues.append(
@@ -127,37 +165,22 @@ def analyze(spec: Spec) -> Report:
                     f"{label}: the network reaches {report.total_params:.1e} parameters, which exceeds the limit "
                     f"{MAX_PARAMS:.1e} (protobuf's 2 GiB cap on an .onnx file). Hint: fewer units or filters, "
                     "or pooling before Flatten",
-                    index,
+                    node.origin.index,
                     None,
                 )
             )
             return report
-        if getattr(layer, "activation", None) == "softmax" and index != len(spec.layers) - 1:
+        if getattr(node.layer, "activation", None) == "softmax" and node.name != report.graph.output:
             report.warnings.append(
                 Issue(
                     f"{label}: softmax is usually the last activation; here it is followed by more layers",
-                    index,
+                    node.origin.index,
                     "activation",
                 )
             )
-        shape = row.output_shape
-    _check_output(spec, report, names)
+        known[node.name] = (row.output_shape, receptive)
+    _check_output(spec, report)
     return report
-
-
-def _check_names(spec: Spec, names: list[str], report: Report) -> None:
-    seen: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if name in seen:
-            report.issues.append(
-                Issue(
-                    f"{layer_label(index, spec.layers[index].type, name)}: duplicate layer name '{name}' "
-                    f"(also layers[{seen[name]}]). Hint: give each layer its own name",
-                    index,
-                    "name",
-                )
-            )
-        seen.setdefault(name, index)
 
 
 def _check_preprocess(spec: Spec, report: Report) -> None:
@@ -186,25 +209,25 @@ def _check_preprocess(spec: Spec, report: Report) -> None:
         )
 
 
-def _check_output(spec: Spec, report: Report, names: list[str]) -> None:
-    if report.issues:
+def _check_output(spec: Spec, report: Report) -> None:
+    if report.issues or not report.layers:
         return
-    last = len(spec.layers) - 1
+    last, last_node = report.layers[-1], report.graph.nodes[-1]
     out = report.output_shape
     if len(out) != 1:
         report.issues.append(
             Issue(
-                f"{layer_label(last, spec.layers[last].type, names[last])}: the network must end with a flat "
+                f"{last_node.origin.label}: the network must end with a flat "
                 f"output (classes,) but ends with the image shape {out[0]}x{out[1]}x{out[2]}. Hint: add Flatten "
                 "or GlobalAveragePooling2D, then Dense(units=<classes>)",
-                last,
+                last.index,
                 None,
             )
         )
     elif spec.labels is not None and len(spec.labels) != out[0]:
         report.issues.append(
             Issue(
-                f"labels has {len(spec.labels)} names but the last layer '{names[last]}' outputs {out[0]} "
+                f"labels has {len(spec.labels)} names but the last layer '{last.name}' outputs {out[0]} "
                 f"values. Hint: set its units to {len(spec.labels)} or list {out[0]} labels",
                 None,
                 "labels",
@@ -220,6 +243,16 @@ def _check_output(spec: Spec, report: Report, names: list[str]) -> None:
                 "labels",
             )
         )
+
+
+def expanded_layers(report: Report) -> list[dict]:
+    """The graph as a flat spec `layers` list: every layer named by its expanded name, with explicit inputs
+    (the form a model's metadata keeps beside the spec as written, blocks unexpanded)."""
+    rows = []
+    for row in report.layers:
+        data = row.layer.model_dump(mode="json", exclude_none=True)
+        rows.append(data | {"name": row.name, "inputs": list(row.inputs)})
+    return rows
 
 
 def check(spec: Spec) -> Report:

@@ -10,7 +10,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import __version__
-from .analysis import Report, check
+from .analysis import Report, check, expanded_layers
+from .graph import INPUT
 from .builder import GraphBuilder, make_model
 from .errors import UsageError
 from .initializers import layer_rng
@@ -27,11 +28,12 @@ Params = dict[str, np.ndarray]
 
 
 def initial_params(spec: Spec, report: Report, seed: int = 0) -> Params:
-    """Initial weights of every layer, each drawn from its own stream keyed on (seed, layer name)."""
+    """Initial weights of every layer, each drawn from its own stream keyed on (seed, expanded layer name)."""
     params: Params = {}
-    for row, layer in zip(report.layers, spec.layers, strict=True):
-        for key, value in layer.init_params(row.input_shape, layer_rng(seed, row.name)).items():
-            params[f"{row.name}.{key}"] = value
+    for row in report.layers:
+        names = row.param_names()
+        for key, value in row.layer.init_params(row.input_shape, layer_rng(seed, row.name)).items():
+            params[names[key]] = value
     return params
 
 
@@ -57,18 +59,26 @@ def lower_preprocess(g: GraphBuilder, spec: Spec, x: str) -> str:
 class Forward:
     output: str
     contexts: list[Lowering]
+    """One per node of the graph, in its order."""
 
 
-def lower_layers(g: GraphBuilder, spec: Spec, report: Report, x: str, param_tensor, training: bool) -> Forward:
-    """Emit every layer's forward nodes; `param_tensor(full_name)` gives the tensor name of a parameter."""
+def lower_layers(g: GraphBuilder, report: Report, x: str, param_tensor, training: bool, lower=None) -> Forward:
+    """Emit every node's forward ops, reading its inputs by name; `param_tensor(full_name)` gives the tensor
+    of a parameter. `lower(layer, g, xs, ctx)`, when given, replaces the layers' own lowering (a backend's)."""
+    tensors = {INPUT: x}
     contexts = []
-    for row, layer in zip(report.layers, spec.layers, strict=True):
-        names = {key: param_tensor(f"{row.name}.{key}") for key in row.param_shapes}
-        ctx = Lowering(row.name, row.input_shape, row.output_shape, names, training)
-        x = layer.lower(g, x, ctx)
+    for row in report.layers:
+        names = {key: param_tensor(full) for key, full in row.param_names().items()}
+        xs = [tensors[ref] for ref in row.inputs]
+        ctx = Lowering(row.name, row.input_shapes, row.output_shape, names, training, input_tensors=tuple(xs))
+        tensors[row.name] = (lower or _own_lowering)(row.layer, g, xs, ctx)
         contexts.append(ctx)
     _keep_pads_before_pools(g)
-    return Forward(x, contexts)
+    return Forward(tensors[report.graph.output], contexts)
+
+
+def _own_lowering(layer, g: GraphBuilder, xs: list[str], ctx: Lowering) -> str:
+    return layer.lower_node(g, xs, ctx)
 
 
 def _keep_pads_before_pools(g: GraphBuilder) -> None:
@@ -90,9 +100,11 @@ def metadata(spec: Spec, report: Report) -> dict[str, str]:
     preprocess = (
         spec.preprocess.model_dump(mode="json") if spec.preprocess else {"scale": 1.0, "mean": [0.0], "std": [1.0]}
     )
+    expanded = {"cnnspec.expanded": json.dumps(expanded_layers(report), sort_keys=True)} if spec.blocks else {}
     return {
         "cnnspec.version": __version__,
         "cnnspec.spec": json.dumps(normalized(spec), sort_keys=True),
+        **expanded,
         "cnnspec.labels": json.dumps(report.labels),
         "cnnspec.preprocess": json.dumps(preprocess, sort_keys=True),
         "cnnspec.input_layout": "NCHW",
@@ -113,7 +125,7 @@ def build_inference_model(spec: Spec, report: Report, params: Params, opset: int
     for name, value in params.items():
         g.initializer(name, value)
     x = lower_preprocess(g, spec, INPUT_NAME)
-    forward = lower_layers(g, spec, report, x, lambda name: name, training=False)
+    forward = lower_layers(g, report, x, lambda name: name, training=False)
     _rename_output(g, forward.output)
     model = make_model(classifier_graph(g, spec, report, OUTPUT_NAME), opset)
     helper.set_model_props(model, metadata(spec, report))

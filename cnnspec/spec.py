@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from .errors import Issue, SpecError
-from .layers import LAYERS_BY_TYPE, AnyLayer, Layer
-from .layers.base import Constant, Float, Int, RandomNormal, RandomUniform
+from .layers import LAYER_KINDS, LAYERS_BY_TYPE, Layer
+from .layers.base import Constant, Float, Int, LayerInputs, LayerName, RandomNormal, RandomUniform
 from .loader import read_spec_file
 
 MAX_LAYERS = 1000
+MAX_REPEAT = 1000
+BLOCK_TAG = "block"
 MAX_SIDE = 16384
 MAX_CHANNELS = 4096
 
@@ -77,6 +79,57 @@ class Training(_Strict):
 Label = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
 
 
+class BlockUse(BaseModel):
+    """One use of a block: `{block: basic, name: layer1, repeat: 2, filters: 64}`.
+
+    The keys besides these are the block's parameters; they are checked against its declaration when
+    the graph is built (cnnspec.graph), where the block's definition is known.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    block: LayerName
+    name: LayerName
+    inputs: LayerInputs | None = None
+    repeat: Int(ge=1, le=MAX_REPEAT) = 1
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+def _item_kind(value: Any) -> str | None:
+    """The union member of a `layers` item: a block use, or the layer kind its `type` names."""
+    if isinstance(value, dict):
+        return BLOCK_TAG if BLOCK_TAG in value else value.get("type")
+    if isinstance(value, BlockUse):
+        return BLOCK_TAG
+    return getattr(value, "type", None)
+
+
+LayerItem = Annotated[
+    Union[tuple(Annotated[k, Tag(k.model_fields["type"].annotation.__args__[0])] for k in LAYER_KINDS)  # noqa: UP007
+          + (Annotated[BlockUse, Tag(BLOCK_TAG)],)],
+    Discriminator(_item_kind),
+]  # fmt: skip
+"""An item of `layers`: a layer (`type: ...`) or a block use (`block: ...`)."""
+
+ParamName = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+class BlockDef(_Strict):
+    """A reusable block: its inputs, parameters and layers. Values written `$param` are replaced by the
+    parameter's value where the block is used."""
+
+    inputs: Annotated[list[LayerName], Field(min_length=1, max_length=64)] = ["in"]
+    params: Annotated[list[ParamName], Field(max_length=64)] = []
+    defaults: Annotated[dict[ParamName, Any], Field(max_length=64)] = {}
+    layers: Annotated[
+        list[dict[str, Any]],
+        Field(min_length=1, max_length=MAX_LAYERS),
+    ]
+
+
 class Spec(_Strict):
     """A whole network: its input, its layers and (optionally) labels, preprocessing and training."""
 
@@ -84,7 +137,8 @@ class Spec(_Strict):
     input: InputSpec
     labels: list[Label] | None = None
     preprocess: Preprocess | None = None
-    layers: Annotated[list[AnyLayer], Field(min_length=1, max_length=MAX_LAYERS)]
+    blocks: Annotated[dict[LayerName, BlockDef], Field(max_length=256)] | None = None
+    layers: Annotated[list[LayerItem], Field(min_length=1, max_length=MAX_LAYERS)]
     training: Training | None = None
 
     @property
@@ -358,6 +412,21 @@ def load_spec(path: str | Path) -> Spec:
 
 def spec_json_schema() -> dict:
     schema = Spec.model_json_schema()
+    # A block's layers are checked once their `$param`s are replaced, so the schema gives editors the kinds,
+    # names and inputs to complete without refusing `$filters` where a number belongs.
+    schema["$defs"]["BlockItem"] = {
+        "type": "object",
+        "description": "A layer {type: ..., ...} or a block use {block: ..., name: ...}; any value may be $param",
+        "properties": {
+            "type": {"enum": list(LAYERS_BY_TYPE)},
+            "block": {"type": "string"},
+            "name": {"type": "string"},
+            "inputs": schema["$defs"]["Conv2D"]["properties"]["inputs"],
+            "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_REPEAT}, {"type": "string"}]},
+        },
+        "anyOf": [{"required": ["type"]}, {"required": ["block", "name"]}],
+    }
+    schema["$defs"]["BlockDef"]["properties"]["layers"]["items"] = {"$ref": "#/$defs/BlockItem"}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cnnspec network spec"
     return schema

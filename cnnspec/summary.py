@@ -38,6 +38,7 @@ def report_json(report: Report, issues: list[Issue] | None = None, name: str | N
             {
                 "name": r.name,
                 "type": r.type,
+                "inputs": list(r.inputs),
                 "output_shape": list(r.output_shape),
                 "params": r.params,
                 "trainable_params": r.trainable_params,
@@ -61,11 +62,15 @@ _COLUMNS = (  # (header, right-aligned)
 )  # fmt: skip
 
 
-def _row(r: LayerReport) -> tuple[str, ...]:
-    return (
+_CONNECTED = ("connected to", False)
+
+
+def _row(r: LayerReport, connected: bool) -> tuple[str, ...]:
+    cells = (
         str(r.index), r.name, r.type, _shape(r.output_shape), f"{r.params:,}", _si(r.flops),
         _bytes(r.activation_bytes), r.padding or "-", f"{r.receptive_field[0]}x{r.receptive_field[1]}",
     )  # fmt: skip
+    return cells + ((", ".join(r.inputs),) if connected else ())
 
 
 def format_report(report: Report) -> str:
@@ -75,11 +80,14 @@ def format_report(report: Report) -> str:
     `cnnspec validate`'s start-up budget, for a table this simple.
     """
     spec = report.spec
-    rows = [tuple(h for h, _ in _COLUMNS)] + [_row(r) for r in report.layers]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    # As Keras: a chain's table has no "connected to" column; a graph's names what each layer reads.
+    connected = not report.graph.is_chain
+    columns = _COLUMNS + ((_CONNECTED,) if connected else ())
+    rows = [tuple(h for h, _ in columns)] + [_row(r, connected) for r in report.layers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
 
     def line(cells: tuple[str, ...]) -> str:
-        parts = (c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(cells, widths, _COLUMNS, strict=True))
+        parts = (c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(cells, widths, columns, strict=True))
         return "  ".join(parts).rstrip()
 
     rule = "-" * len(line(tuple("-" * w for w in widths)))

@@ -218,7 +218,8 @@ def test_node_names_carry_layer_names(full) -> None:
 
 
 def test_layers_named_like_graph_tensors_do_not_collide() -> None:
-    layers = [{"type": "Conv2D", "name": "input", "filters": 2, "kernel_size": 1},
+    # ('input' itself is reserved for the model input: graph specs refer to it by that name)
+    layers = [{"type": "Conv2D", "name": "labels", "filters": 2, "kernel_size": 1},
               {"type": "Conv2D", "name": "preprocess", "filters": 2, "kernel_size": 1},
               {"type": "Flatten", "name": "output"}, {"type": "Dense", "name": "const", "units": 2}]  # fmt: skip
     model = compiled({"name": "names", "input": {"shape": [2, 2, 1]}, "preprocess": {"scale": 0.5}, "layers": layers})

@@ -30,7 +30,7 @@ PROGRAMS = {  # name -> build_train_step keyword arguments
     "shard": {"gradients_only": True, "serial": True},
     "cuda": {"device": "cuda"},
 }
-SHIPPED = sorted(p.stem for p in (GOLDEN.parents[1] / "specs").glob("*.yaml"))
+SHIPPED = ("bn_gap", "digits", "lenet5", "seed", "vgg32")  # the sequential specs shipped before graph specs
 
 
 def versions() -> dict[str, str]:

@@ -44,6 +44,13 @@ KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "Activation": "activation",
     "BatchNormalization": "batch_normalization",
     "ZeroPadding2D": "zero_padding2d",
+    "Add": "add",
+    "Subtract": "subtract",
+    "Multiply": "multiply",
+    "Average": "average",
+    "Maximum": "maximum",
+    "Minimum": "minimum",
+    "Concatenate": "concatenate",
 }
 
 

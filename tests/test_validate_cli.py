@@ -14,7 +14,7 @@ JSON_KEYS = {  # the documented keys first, then the extras
     "valid", "name", "input_shape", "layers", "total_params", "errors",
     "trainable_params", "total_flops", "warnings",
 }  # fmt: skip
-LAYER_KEYS = {"name", "type", "output_shape", "params", "trainable_params", "flops", "padding", "receptive_field"}
+LAYER_KEYS = {"name", "type", "inputs", "output_shape", "params", "trainable_params", "flops", "padding", "receptive_field"}
 
 
 def write(tmp_path: Path, data: dict | str, name: str = "spec.yaml") -> Path:
@@ -46,9 +46,10 @@ def test_seed_json_is_exactly_the_contract(specs_dir: Path) -> None:
     assert doc["total_params"] == sum(layer["params"] for layer in doc["layers"]) == 538_698
     assert doc["layers"][0] | {"flops": 0} == {
         "name": "conv2d", "type": "Conv2D", "output_shape": [28, 28, 32], "params": 832, "trainable_params": 832,
-        "flops": 0, "padding": "2,2,2,2", "receptive_field": [5, 5],
+        "flops": 0, "padding": "2,2,2,2", "receptive_field": [5, 5], "inputs": ["input"],
     }  # fmt: skip
     assert doc["layers"][1]["padding"] is None
+    assert [layer["inputs"] for layer in doc["layers"][1:3]] == [["conv2d"], ["max_pooling2d"]]
 
 
 def test_human_table_of_the_seed(specs_dir: Path) -> None:

@@ -9,6 +9,7 @@ from pydantic import Field
 from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
 from .core import Activation, Dense, Dropout, Flatten
+from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 
@@ -24,6 +25,13 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     Activation,
     BatchNormalization,
     ZeroPadding2D,
+    Add,
+    Subtract,
+    Multiply,
+    Average,
+    Maximum,
+    Minimum,
+    Concatenate,
 )
 LAYERS_BY_TYPE: dict[str, type[Layer]] = {
     kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..builder import GraphBuilder
+    from .base import Lowering
 
 LEAKY_RELU_SLOPE = 0.2
 ELU_ALPHA = 1.0
@@ -61,7 +62,7 @@ def backward_activation(g: GraphBuilder, dy: str, activation: str | None, z: str
         # NOTE: Mul by a 0/1 mask, not Where: onnxruntime's CPU Where is ~8x slower on large tensors.
         # y > 0 exactly when z > 0 for these three; reading y leaves z unused, so onnxruntime can fuse
         # the Conv/Gemm with its activation.
-        from .gradients import float_type
+        from .gradients import float_type  # onnx: loaded only when a graph is built
 
         mask = g.op("Cast", [g.op("Greater", [y, g.constant(scope, 0.0)], scope)], scope, to=float_type(g))
         if activation == "relu":
@@ -100,3 +101,10 @@ def backward_activation(g: GraphBuilder, dy: str, activation: str | None, z: str
         pdf = g.op("Mul", [g.op("Exp", [z2], scope), g.constant(scope, 1 / math.sqrt(2 * math.pi))], scope)
         return g.op("Mul", [dy, g.op("Add", [cdf, g.op("Mul", [z, pdf], scope)], scope)], scope)
     raise ValueError(f"no derivative for activation {activation!r}")
+
+
+def activation_grad(g: GraphBuilder, dy: str, activation: str | None, ctx: Lowering) -> str:
+    """dL/dz of a layer ending in `activation`; the loss may have given dL/dz already (fused softmax)."""
+    if ctx.dy_is_dz:
+        return dy
+    return backward_activation(g, dy, activation, ctx.saved["z"], ctx.saved["y"], ctx.name)

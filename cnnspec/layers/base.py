@@ -106,6 +106,25 @@ def _name_check(value: Any) -> Any:
 
 LayerName = Annotated[str, BeforeValidator(_name_check), Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
+MAX_INPUTS = 64
+
+
+def _inputs_check(value: Any) -> Any:
+    """`inputs: a` or `inputs: [a, b]` -> a tuple of names (each checked like a layer name)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not 1 <= len(items) <= MAX_INPUTS:
+        raise PydanticCustomError(
+            "cnnspec_inputs", "must be a layer name or a list of 1 to {most} names, got {got}",
+            {"most": MAX_INPUTS, "got": _got(value)},
+        )  # fmt: skip
+    return tuple(_name_check(item) for item in items)
+
+
+LayerInputs = Annotated[
+    tuple[str, ...], BeforeValidator(_inputs_check, json_schema_input_type=str | list[LayerName])
+]
+"""What a layer reads: one name or a list; 'input' is the model input."""
+
 Activation = Literal["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu"]
 
 
@@ -130,28 +149,58 @@ def require_image(layer: str, shape: Shape, hint: str = "remove the Flatten/Dens
 
 @dataclass
 class Lowering:
-    """What a layer needs to emit its nodes: where it sits, its shapes and its parameter tensors.
+    """What a layer needs to emit its nodes, and what its forward pass hands to the training program.
 
-    `saved` is filled by the forward pass in training mode with the tensors the backward rule needs.
+    The fields below `training` are the typed contract between a layer, the autodiff walk and the
+    train-step program; `saved` is the layer's own scratch (tensors its backward rule reads again).
     """
 
     name: str
-    in_shape: Shape
+    in_shapes: tuple[Shape, ...]
     out_shape: Shape
     params: dict[str, str]
     training: bool = False
+    input_tensors: tuple[str, ...] = ()
+    """The tensors the layer reads, one per input (NCHW or flat)."""
+    needs_dx: tuple[bool, ...] = ()
+    """Per input: whether the backward pass must return dL/d(input) (a trainable parameter lies above it)."""
+    dy_is_dz: bool = False
+    """The loss hands this (last) layer dL/d(pre-activation) directly (fused softmax + cross-entropy)."""
+    pre_activation: str | None = None
+    """The tensor before the layer's activation (the logits when the activation is the last softmax)."""
+    updates: dict[str, str] = field(default_factory=dict)
+    """Parameter key -> its value after the step, for parameters the forward pass updates (running stats)."""
+    masks: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
+    """Graph inputs the training loop feeds per step: mask name -> (per-sample NCHW shape, dropout rate)."""
     saved: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_shape(self) -> Shape:
+        """The (first) input's shape: the only one for every layer but the merges."""
+        return self.in_shapes[0]
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.needs_dx[0] if self.needs_dx else True
 
 
 class Layer(BaseModel):
-    """Base of every layer kind. Subclasses add `type: Literal[...]` and their fields."""
+    """Base of every layer kind. Subclasses add `type: Literal[...]` and their fields.
+
+    Most kinds take one input and implement `output_shape`, `lower` and `backward`; the merges take
+    several and override the n-ary `infer_shape`, `lower_node` and `backward_node` directly.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: LayerName | None = None
+    inputs: LayerInputs | None = None
+    """Names of the tensors this layer reads (default: the previous item's output)."""
 
     keras_name: ClassVar[str]
     """Keras's default name prefix (conv2d, max_pooling2d, ...)."""
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    """(fewest, most) inputs; None: no upper bound."""
     non_trainable: ClassVar[tuple[str, ...]] = ()
     """Parameters updated by the forward pass, not by gradients (BatchNormalization's running stats)."""
     mixes_batch: ClassVar[bool] = False
@@ -160,6 +209,10 @@ class Layer(BaseModel):
 
     def output_shape(self, shape: Shape) -> Shape:
         raise NotImplementedError
+
+    def infer_shape(self, shapes: tuple[Shape, ...]) -> Shape:
+        """The output shape from every input's shape (unary kinds: `output_shape` of the one input)."""
+        return self.output_shape(shapes[0])
 
     def param_shapes(self, shape: Shape) -> dict[str, Shape]:
         """Parameter shapes in PyTorch layout, e.g. {'weight': (out, in), 'bias': (out,)}."""
@@ -183,6 +236,17 @@ class Layer(BaseModel):
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
         """Emit the forward nodes on NCHW (or flat) tensors; return the output tensor name."""
         raise NotImplementedError
+
+    def lower_node(self, g: GraphBuilder, xs: list[str], ctx: Lowering) -> str:
+        return self.lower(g, xs[0], ctx)
+
+    def backward_node(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[list[str | None], dict[str, str]]:
+        """One dL/d(input) per input (None where `ctx.needs_dx` says nobody needs it) and dL/d(params)."""
+        rule = getattr(self, "backward", None)
+        if rule is None:
+            raise NotImplementedError(f"no backward rule for {type(self).__name__} ({ctx.name!r})")
+        dx, grads = rule(g, dy, ctx)
+        return [dx], grads
 
 
 def pads_text(top: int, bottom: int, left: int, right: int) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from .activations import lower_activation
+from .activations import activation_grad, lower_activation
 from .base import (
     MAX_WINDOW,
     Activation,
@@ -115,6 +115,7 @@ class Conv2D(Layer):
             z = self._lower_im2col(g, x, ctx)
             y = lower_activation(g, z, self.activation, ctx.name)
             ctx.saved.update(x=x, z=z, y=y)
+            ctx.pre_activation = z
             return y
         inputs = [x, ctx.params["weight"]] + ([ctx.params["bias"]] if self.use_bias else [])
         z = g.op(
@@ -129,6 +130,7 @@ class Conv2D(Layer):
         )
         y = lower_activation(g, z, self.activation, ctx.name)
         ctx.saved.update(x=x, z=z, y=y)
+        ctx.pre_activation = z
         return y
 
     def _im2col_fits(self, shape: Shape) -> bool:
@@ -191,13 +193,13 @@ class Conv2D(Layer):
           dL/dx          = the transposed convolution of dz by W (same s, d, groups, pads), plus
                            output_padding = the pixels after the last window, (H + pads - extent) mod s.
         """
-        from .gradients import activation_grad, output_padding, reduce_sum
+        from .gradients import output_padding, reduce_sum
 
         dz = activation_grad(g, dy, self.activation, ctx)
         grads = {"weight": self._weight_grad(g, dz, ctx)}
         if self.use_bias:
             grads["bias"] = reduce_sum(g, dz, [0, 2, 3], ctx.name)
-        if ctx.saved.get("no_dx"):
+        if not ctx.needs_input_grad:
             return None, grads
         if "cols" in ctx.saved and g.serial and g.device == "cpu":
             return self._input_grad_scatter(g, dz, ctx), grads

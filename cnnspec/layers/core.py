@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..shapes import numel
-from .activations import lower_activation
+from .activations import activation_grad, lower_activation
 from .base import Activation as ActivationName
 from .base import Float, Initializer, Int, Layer, Lowering, ShapeError, StrictBool, initializer_arg
 
@@ -66,17 +66,18 @@ class Dense(Layer):
         z = g.op("Gemm", inputs, ctx.name, transB=1)
         y = lower_activation(g, z, self.activation, ctx.name)
         ctx.saved.update(x=x, z=z, y=y)
+        ctx.pre_activation = z
         return y
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """z = x Wᵀ + b with W [out, in]:  dW = dzᵀ x,  db = Σ_n dz,  dx = dz W."""
-        from .gradients import activation_grad, reduce_sum
+        from .gradients import reduce_sum
 
         dz = activation_grad(g, dy, self.activation, ctx)
         grads = {"weight": g.op("Gemm", [dz, ctx.saved["x"]], ctx.name, transA=1)}
         if self.use_bias:
             grads["bias"] = reduce_sum(g, dz, [0], ctx.name)
-        dx = None if ctx.saved.get("no_dx") else g.op("MatMul", [dz, ctx.params["weight"]], ctx.name)
+        dx = None if not ctx.needs_input_grad else g.op("MatMul", [dz, ctx.params["weight"]], ctx.name)
         return dx, grads
 
 
@@ -124,8 +125,11 @@ class Dropout(Layer):
         # The mask is a graph input (`<name>.mask`: 0 or 1/(1-rate) per value), drawn by the training
         # loop from a generator keyed on (seed, epoch, step): reproducible and resumable, unlike
         # RandomUniform's fixed seed attribute.
+        from ..shapes import hwc_to_chw
+
         mask = f"{ctx.name}.mask"
         ctx.saved.update(x=x, mask=mask)
+        ctx.masks[mask] = (hwc_to_chw(ctx.in_shape), self.rate)
         return g.op("Mul", [x, mask], ctx.name)
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
@@ -147,10 +151,9 @@ class Activation(Layer):
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
         y = lower_activation(g, x, self.activation, ctx.name)
         ctx.saved.update(x=x, z=x, y=y)
+        ctx.pre_activation = x
         return y
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """y = f(x): dx = f'(x) ⊙ dy (softmax: its Jacobian-vector product)."""
-        from .gradients import activation_grad
-
         return activation_grad(g, dy, self.activation, ctx), {}

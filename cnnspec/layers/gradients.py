@@ -13,7 +13,6 @@ from onnx import TensorProto, helper
 
 if TYPE_CHECKING:
     from ..builder import GraphBuilder
-    from .base import Lowering
 
 
 def float_type(g: GraphBuilder) -> int:
@@ -56,12 +55,3 @@ def leftover(size: int, pad_before: int, pad_after: int, kernel: int, stride: in
 def output_padding(in_shape: tuple[int, ...], pads: list[int], kernel, strides, dilation) -> list[int]:
     """Per spatial axis, `leftover` for a window on the (H, W, C) input with ONNX pads [t, l, b, r]."""
     return [leftover(in_shape[a], pads[a], pads[a + 2], kernel[a], strides[a], dilation[a]) for a in (0, 1)]
-
-
-def activation_grad(g: GraphBuilder, dy: str, activation: str | None, ctx: Lowering) -> str:
-    """dL/dz of a layer ending in `activation`; the loss may have given dL/dz already (fused softmax)."""
-    from .activations import backward_activation
-
-    if ctx.saved.get("dy_is_dz"):
-        return dy
-    return backward_activation(g, dy, activation, ctx.saved["z"], ctx.saved["y"], ctx.name)

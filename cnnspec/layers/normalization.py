@@ -93,7 +93,7 @@ class BatchNormalization(Layer):
         for key, batch in (("running_mean", mean), ("running_var", var)):
             flat = g.op("Reshape", [batch, ints(g, scope, [c])], scope)
             old = g.op("Mul", [ctx.params[key], keep], scope)
-            ctx.saved[f"new_{key}"] = g.op("Add", [old, g.op("Mul", [flat, new], scope)], scope)
+            ctx.updates[key] = g.op("Add", [old, g.op("Mul", [flat, new], scope)], scope)
         ctx.saved.update(x=x, y=y, xhat=xhat, inv=inv, gamma=g.op("Reshape", [gamma, bshape], scope))
         return y
 
@@ -114,7 +114,7 @@ class BatchNormalization(Layer):
             grads["weight"] = g.op("Reshape", [sum_dy_xhat, ints(g, scope, [c])], scope)
         if self.center:
             grads["bias"] = g.op("Reshape", [sum_dy, ints(g, scope, [c])], scope)
-        if ctx.saved.get("no_dx"):
+        if not ctx.needs_input_grad:
             return None, grads
         a = g.op("Mul", [s["gamma"], s["inv"]], scope) if self.scale else s["inv"]
         per_channel = g.op("Cast", [g.op("Size", [dy], scope)], scope, to=float_type(g))  # m·C

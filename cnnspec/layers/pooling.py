@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from .base import Layer, Lowering, Pair, pads_text, require_image, spatial_windows
+from pydantic import Field
+
+from .base import Layer, Lowering, Pair, StrictBool, pads_text, require_image, spatial_windows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,13 +151,16 @@ class AveragePooling2D(_Pooling2D):
 
 
 class _GlobalPooling2D(Layer):
-    """(H, W, C) -> (C,), as Keras's default keepdims=False."""
+    """(H, W, C) -> (C,), or (1, 1, C) with keepdims (as Keras; squeeze-excite gates need it)."""
+
+    # Left out of the normalized spec when false, so specs written before it compile to the same bytes.
+    keepdims: Annotated[StrictBool, Field(exclude_if=lambda keep: keep is False)] = False
 
     onnx_op: ClassVar[str]
 
     def output_shape(self, shape: Shape) -> Shape:
         require_image(self.type, shape)
-        return (shape[2],)
+        return (1, 1, shape[2]) if self.keepdims else (shape[2],)
 
     def flops(self, shape: Shape, out: Shape) -> int:
         return shape[0] * shape[1] * shape[2]
@@ -165,7 +170,7 @@ class _GlobalPooling2D(Layer):
 
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
         pooled = g.op(self.onnx_op, [x], ctx.name)
-        y = g.op("Flatten", [pooled], ctx.name, axis=1)
+        y = pooled if self.keepdims else g.op("Flatten", [pooled], ctx.name, axis=1)
         ctx.saved.update(x=x, y=y)
         return y
 

@@ -105,8 +105,7 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     from .program import build_train_step
     from .runner import ShardedStepRunner, StepRunner, cpu_cores, shard_count
 
-    mixes = any(layer.mixes_batch for layer in spec.layers)
-    shards = shard_count(device, threads, settings.batch_size, mixes)
+    shards = shard_count(device, threads, settings.batch_size, report.mixes_batch)
     optimizer, smoothing = settings.optimizer, settings.label_smoothing
     cores = threads or cpu_cores()
     if shards > 1:

@@ -15,6 +15,7 @@ from ..layers.gradients import float_type, ints, reduce_sum
 
 if TYPE_CHECKING:
     from ..builder import GraphBuilder
+    from ..layers import Layer, Lowering
 
 SCOPE = "loss"
 
@@ -47,11 +48,11 @@ def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoot
     return LossNodes(loss, dlogits, correct)
 
 
-def logits_of(layers, contexts, output: str) -> tuple[str, bool]:
+def logits_of(last: Layer, ctx: Lowering, output: str) -> tuple[str, bool]:
     """The tensor the loss reads and whether it is the last softmax's input (fused gradient).
 
     NOTE: a last layer without softmax is taken to output logits, as Keras's from_logits=True.
     """
-    if getattr(layers[-1], "activation", None) == "softmax":
-        return contexts[-1].saved["z"], True
+    if getattr(last, "activation", None) == "softmax" and ctx.pre_activation is not None:
+        return ctx.pre_activation, True
     return output, False

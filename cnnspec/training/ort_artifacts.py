@@ -102,13 +102,12 @@ NO_BATCH_NORM = (
 
 def unsupported(spec: Spec) -> list[Issue]:
     """Layers and training settings onnxruntime-training cannot train, each with the reason and a fix."""
-    from ..spec import layer_label, layer_names
+    from ..graph import build_graph
 
-    names = layer_names(spec.layers)
     issues = [
-        Issue(f"{layer_label(i, layer.type, names[i])}: {NO_BATCH_NORM}", i, "type")
-        for i, layer in enumerate(spec.layers)
-        if layer.type == "BatchNormalization"
+        Issue(f"{node.origin.label}: {NO_BATCH_NORM}", node.origin.index, "type")
+        for node in build_graph(spec)[0].nodes
+        if node.layer.type == "BatchNormalization"
     ]
     t = training_of(spec)
     if t.optimizer in ("momentum", "nesterov"):
@@ -138,28 +137,31 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
     cannot differentiate lowered to ops it can. Input `input` raw pixels, output `output` logits."""
 
     from ..builder import GraphBuilder, make_model
-    from ..compiler import DEFAULT_OPSET, INPUT_NAME, classifier_graph, lower_preprocess
-    from ..layers import Lowering
+    from ..compiler import DEFAULT_OPSET, INPUT_NAME, classifier_graph, lower_layers, lower_preprocess
 
     g = GraphBuilder(DEFAULT_OPSET)
     for name, value in params.items():
         g.initializer(name, value)
     x = lower_preprocess(g, spec, INPUT_NAME)
-    last = len(spec.layers) - 1
-    for index, (row, layer) in enumerate(zip(report.layers, spec.layers, strict=True)):
-        if index == last and getattr(layer, "activation", None) == "softmax":
+    seeds = {row.name: seed + index for index, row in enumerate(report.layers)}  # one Dropout seed per layer
+    output = report.graph.output
+
+    def lower(layer, g, xs: list[str], ctx) -> str:
+        if ctx.name == output and getattr(layer, "activation", None) == "softmax":
             layer = layer.model_copy(update={"activation": None})  # NOTE: the loss applies the softmax
-        names = {key: f"{row.name}.{key}" for key in row.param_shapes}
-        ctx = Lowering(row.name, row.input_shape, row.output_shape, names, False)
         start = len(g.nodes)
-        x = _lower_layer(g, layer, x, ctx, seed + index)
+        y = _lower_layer(g, layer, xs, ctx, seeds[ctx.name])
         _rewrite_elu(g, start)
+        return y
+
+    x = lower_layers(g, report, x, lambda name: name, training=False, lower=lower).output
     x = g.op("Identity", [x], "logits")
     g.nodes[-1].output[0] = LOGITS
     return make_model(classifier_graph(g, spec, report, LOGITS), DEFAULT_OPSET)
 
 
-def _lower_layer(g, layer, x: str, ctx, seed: int) -> str:
+def _lower_layer(g, layer, xs: list[str], ctx, seed: int) -> str:
+    x = xs[0]
     if layer.type == "Dropout":
         if layer.rate == 0:
             return x
@@ -171,10 +173,10 @@ def _lower_layer(g, layer, x: str, ctx, seed: int) -> str:
         # NOTE: ORT has no GlobalMaxPool gradient; a MaxPool whose window is the whole map is the same op.
         h, w = ctx.in_shape[0], ctx.in_shape[1]
         pooled = g.op("MaxPool", [x], ctx.name, kernel_shape=[h, w], strides=[1, 1])
-        return g.op("Flatten", [pooled], ctx.name, axis=1)
+        return pooled if layer.keepdims else g.op("Flatten", [pooled], ctx.name, axis=1)
     if layer.type == "AveragePooling2D":
         return _average_pool_as_conv(g, layer, x, ctx)
-    return layer.lower(g, x, ctx)
+    return layer.lower_node(g, xs, ctx)
 
 
 def _scalar(g, scope: str, value: Any) -> str:
@@ -352,12 +354,7 @@ def export_artifacts(spec: Spec, folder: Path, seed: int = 0) -> list[Path]:
 
 
 def trainable(spec: Spec, report: Report) -> list[str]:
-    return [
-        f"{row.name}.{key}"
-        for row, layer in zip(report.layers, spec.layers, strict=True)
-        for key in row.param_shapes
-        if key not in layer.non_trainable
-    ]
+    return report.trainable
 
 
 def training_of(spec: Spec):

@@ -133,7 +133,7 @@ def train(
     spec = spec.model_copy(update={"training": training})
     check_supported(spec)
     _, api = load_ort_training()
-    names = [f"{row.name}.{key}" for row in report.layers for key in row.param_shapes]
+    names = list(report.param_shapes)
     with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
         folder = Path(temp)
         params = initial_params(spec, report, training.seed)

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 from ..analysis import Report
 from ..builder import GraphBuilder, make_model
 from ..compiler import DEFAULT_OPSET, lower_layers, lower_preprocess
+from ..graph import param_name
 from ..shapes import hwc_to_chw
 from ..spec import Spec
 from .autodiff import backward
@@ -56,8 +57,8 @@ def _float(g: GraphBuilder) -> int:
 
 def _forward(g: GraphBuilder, spec: Spec, report: Report, training: bool, smoothing: float):
     x = lower_preprocess(g, spec, INPUT)
-    forward = lower_layers(g, spec, report, x, lambda name: name, training=training)
-    logits, fused = logits_of(spec.layers, forward.contexts, forward.output)
+    forward = lower_layers(g, report, x, lambda name: name, training=training)
+    logits, fused = logits_of(report.layers[-1].layer, forward.contexts[-1], forward.output)
     loss = cross_entropy(g, logits, LABELS, report.output_shape[0], smoothing)
     return forward, loss, fused
 
@@ -82,8 +83,8 @@ def build_train_step(
     g = GraphBuilder(TRAIN_OPSET, dtype)
     g.device, g.serial = device, serial
     forward, loss, fused = _forward(g, spec, report, True, smoothing)
-    grads = backward(g, list(spec.layers), forward.contexts, loss.dlogits, dy_is_dz=fused)
-    params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
+    grads = backward(g, report, forward.contexts, loss.dlogits, dy_is_dz=fused)
+    params = list(report.param_shapes)
     program = Program(None, params, [p for p in params if p in grads], serial=serial)  # type: ignore[arg-type]
     outputs: dict[str, str] = {LOSS: loss.loss, CORRECT: loss.correct}
     if gradients_only:
@@ -91,10 +92,9 @@ def build_train_step(
     else:
         outputs |= _updates(g, optimizer, grads, program)
     for ctx in forward.contexts:
-        outputs |= {new(f"{ctx.name}.{k[4:]}"): t for k, t in ctx.saved.items() if k.startswith("new_")}
-        if "mask" in ctx.saved:
-            program.masks[ctx.saved["mask"]] = hwc_to_chw(ctx.in_shape)
-    program.rates = {f"{layer_name}.mask": spec.layers[i].rate for i, layer_name in _dropouts(report, spec)}
+        outputs |= {new(param_name(ctx.name, key)): t for key, t in ctx.updates.items()}
+        program.masks |= {mask: shape for mask, (shape, _) in ctx.masks.items()}
+        program.rates |= {mask: rate for mask, (_, rate) in ctx.masks.items()}
     if not gradients_only:  # parameters nobody updates (none today) pass through unchanged
         outputs |= {new(p): p for p in params if new(p) not in outputs}
     inputs = _inputs(g, spec, report, program)
@@ -157,10 +157,6 @@ def _dims(info: onnx.ValueInfoProto) -> list[int]:
     return [d.dim_value for d in info.type.tensor_type.shape.dim]
 
 
-def _dropouts(report: Report, spec: Spec):
-    return [(i, row.name) for i, row in enumerate(report.layers) if spec.layers[i].type == "Dropout"]
-
-
 def _updates(g: GraphBuilder, optimizer: Optimizer, grads: dict[str, str], program: Program) -> dict[str, str]:
     t = g.op("Add", [g.op("Cast", [STEP], "optimizer", to=_float(g)), g.constant("optimizer", 1.0)], "optimizer")
     scalars = optimizer.step_scalars(g, LR, t)
@@ -175,7 +171,7 @@ def _updates(g: GraphBuilder, optimizer: Optimizer, grads: dict[str, str], progr
 
 
 def _inputs(g: GraphBuilder, spec: Spec, report: Report, program: Program) -> list[onnx.ValueInfoProto]:
-    shapes = {f"{row.name}.{k}": s for row in report.layers for k, s in row.param_shapes.items()}
+    shapes = dict(report.param_shapes)
     shapes |= {n: shapes[n.split(".", 1)[1]] for n in program.state}
     c, h, w = hwc_to_chw(spec.input_shape)
     f = _float(g)
@@ -228,8 +224,7 @@ def build_eval(spec: Spec, report: Report, smoothing: float = 0.0) -> Program:
     """(params..., input, labels) -> (loss, correct) with the inference forward (running statistics)."""
     g = GraphBuilder(TRAIN_OPSET)
     _, loss, _ = _forward(g, spec, report, False, smoothing)
-    params = [f"{row.name}.{k}" for row in report.layers for k in row.param_shapes]
-    program = Program(None, params, [])  # type: ignore[arg-type]
+    program = Program(None, list(report.param_shapes), [])  # type: ignore[arg-type]
     inputs = _inputs(g, spec, report, program)
     inputs = [i for i in inputs if i.name not in (LR, STEP)]
     program.model = _model(g, spec, inputs, {LOSS: loss.loss, CORRECT: loss.correct})
