@@ -155,6 +155,36 @@ SHARDED = dict(
 (a serial program: the second Conv2D's dL/dx is a ScatterND)."""
 
 
+RESIDUAL = dict(
+    NET,
+    name="residual",
+    blocks={
+        "res": {
+            "params": ["filters"],
+            "layers": [
+                {"type": "Conv2D", "name": "conv", "filters": "$filters", "kernel_size": 3, "padding": "same"},
+                {"type": "Dropout", "name": "drop", "rate": 0.2},
+                {"type": "Add", "name": "add", "inputs": ["in", "drop"]},
+                {"type": "Activation", "activation": "relu"},
+            ],
+        }
+    },
+    layers=[
+        {"type": "Conv2D", "name": "stem", "filters": 4, "kernel_size": 3, "activation": "relu", "padding": "same"},
+        {"block": "res", "name": "layer1", "repeat": 2, "filters": 4},
+        {"type": "MaxPooling2D", "name": "pool", "inputs": "stem"},
+        {"type": "MaxPooling2D", "name": "deep", "inputs": "layer1"},
+        {"type": "Concatenate", "name": "both", "inputs": ["pool", "deep"]},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 2, "activation": "softmax"},
+    ],
+)
+"""A graph: residual blocks with dropout inside (masks named layer1.0.drop.mask), fan-out of the stem to
+the block and a pooled skip, a concatenation. No BatchNormalization, so it also runs as shards."""
+RESIDUAL_BN = dict(RESIDUAL, name="residual-bn", layers=[*RESIDUAL["layers"][:1], {"type": "BatchNormalization",
+                   "name": "stem_bn"}, dict(RESIDUAL["layers"][1], inputs="stem_bn"), *RESIDUAL["layers"][2:]])  # fmt: skip
+
+
 def train(tmp=None, resume=False, net=NET, threads=None, **overrides):
     spec = spec_from_data(net)
     settings = resolve_settings(spec, **overrides)
@@ -173,8 +203,11 @@ def test_loss_decreases_on_separable_data():
 
 # One session (NET: BatchNormalization mixes the batch) and two shards side by side (SHARDED, 2 threads).
 RUNS = pytest.mark.parametrize(
-    "run", [{"net": NET}, {"net": SHARDED, "threads": 2, "batch_size": 32}], ids=["one-session", "two-shards"]
-)
+    "run",
+    [{"net": NET}, {"net": SHARDED, "threads": 2, "batch_size": 32}, {"net": RESIDUAL_BN},
+     {"net": RESIDUAL, "threads": 2, "batch_size": 32}],
+    ids=["one-session", "two-shards", "graph-one-session", "graph-two-shards"],
+)  # fmt: skip
 
 
 @RUNS
@@ -315,13 +348,14 @@ def test_exported_train_step_driven_by_hand_equals_the_loop():
         np.testing.assert_allclose(values[k], looped.params[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@pytest.mark.parametrize("net", [SHARDED, RESIDUAL], ids=["chain", "graph"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize(("batch", "shards"), [(37, 3), (2, 3)], ids=["uneven-shards", "fewer-images-than-shards"])
-def test_shards_add_up_to_the_fused_step(optimizer, batch, shards):
+def test_shards_add_up_to_the_fused_step(optimizer, batch, shards, net):
     """K shards' gradients weighted by their share of the batch give the fused step's update."""
     from cnnspec.training.runner import ShardedStepRunner, StepRunner
 
-    spec = spec_from_data(SHARDED)
+    spec = spec_from_data(net)
     report = check(spec)
     settings = resolve_settings(spec, optimizer=optimizer, learning_rate=0.05)
     fused = build_train_step(spec, report, settings.optimizer)
