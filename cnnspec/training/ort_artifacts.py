@@ -176,6 +176,12 @@ def _lower_layer(g, layer, xs: list[str], ctx, seed: int) -> str:
         return pooled if layer.keepdims else g.op("Flatten", [pooled], ctx.name, axis=1)
     if layer.type == "AveragePooling2D":
         return _average_pool_as_conv(g, layer, x, ctx)
+    if layer.type in ("Add", "Average") and len(xs) > 2:
+        # NOTE: ORT has no gradient for Sum (n-ary); chained Adds are the same sum.
+        total = xs[0]
+        for term in xs[1:]:
+            total = g.op("Add", [total, term], ctx.name)
+        return total if layer.type == "Add" else g.op("Div", [total, g.constant(ctx.name, float(len(xs)))], ctx.name)
     return layer.lower_node(g, xs, ctx)
 
 

@@ -61,6 +61,51 @@ CASES = {
 }
 
 
+GRAPH_CASES = {  # graph specs: merges, fan-out, broadcasting, a block with repeat
+    "residual add": [conv(name="a", padding="same", activation="relu"), conv(name="b", padding="same"),
+                     {"type": "Add", "name": "sum", "inputs": ["a", "b"]}, FLAT],
+    "concat with a parameter-free branch": [
+        conv(name="a", padding="same", activation="tanh"),
+        {"type": "MaxPooling2D", "name": "p", "pool_size": 3, "strides": 1, "padding": "same", "inputs": "input"},
+        {"type": "Concatenate", "name": "cat", "inputs": ["a", "p"]}, FLAT],
+    "squeeze-excite multiply": [
+        conv(name="a", padding="same", activation="relu"),
+        {"type": "GlobalAveragePooling2D", "keepdims": True},
+        {"type": "Conv2D", "name": "gate", "filters": 4, "kernel_size": 1, "activation": "sigmoid"},
+        {"type": "Multiply", "inputs": ["a", "gate"]}, FLAT],
+    "subtract average maximum minimum": [
+        conv(name="a", padding="same"), conv(name="b", padding="same", activation="tanh"),
+        {"type": "Subtract", "name": "d", "inputs": ["a", "b"]},
+        {"type": "Average", "name": "m", "inputs": ["a", "b", "d"]},
+        {"type": "Maximum", "name": "hi", "inputs": ["m", "b"]},
+        {"type": "Minimum", "name": "lo", "inputs": ["hi", "a"]}, FLAT],
+}  # fmt: skip
+BLOCKS = {"res": {"layers": [conv(name="c", filters=2, padding="same", activation="relu"), {"type": "Add", "inputs": ["in", "c"]}]}}
+
+
+@pytest.mark.parametrize("layers", GRAPH_CASES.values(), ids=GRAPH_CASES.keys())
+def test_graph_nets_one_sgd_step_matches_the_native_backend(layers):
+    data = tiny_spec(layers)
+    data["layers"][0] = data["layers"][0] | {"inputs": "input"}
+    spec = spec_from_data(data)
+    params = initial_params(spec, check(spec), seed=7)
+    rng = np.random.default_rng(12)
+    x, y = rng.uniform(0, 255, (5, 2, 6, 6)).astype(np.float32), rng.integers(0, 3, 5)
+    ours = ort_backend.one_step(spec, params, x, y, LEARNING_RATE)
+    assert_same_step(ours, native_one_step(spec, params, x, y, LEARNING_RATE), params)
+
+
+def test_a_repeated_residual_block_matches_the_native_backend():
+    data = tiny_spec([conv(name="stem", filters=2, padding="same"), {"block": "res", "name": "layer1", "repeat": 2}, FLAT])
+    spec = spec_from_data(data | {"blocks": BLOCKS})
+    params = initial_params(spec, check(spec), seed=8)
+    assert "layer1.1.c.weight" in params
+    rng = np.random.default_rng(13)
+    x, y = rng.uniform(0, 255, (5, 2, 6, 6)).astype(np.float32), rng.integers(0, 3, 5)
+    ours = ort_backend.one_step(spec, params, x, y, LEARNING_RATE)
+    assert_same_step(ours, native_one_step(spec, params, x, y, LEARNING_RATE), params)
+
+
 def assert_same_step(ours: dict, theirs: dict, before: dict) -> None:
     assert ours.keys() == theirs.keys() == before.keys()
     for name in before:
