@@ -29,6 +29,11 @@ BROADCAST_HINT = (
     "keepdims: true gives 1x1xC)"
 )
 
+PROJECTION_HINT = (
+    "where a branch changes the size or the channels, give the other path the same change: a projection "
+    "shortcut (Conv2D with kernel_size 1 and the branch's strides and filters, as ResNet does) or pooling"
+)
+
 
 def _shown(shape: Shape) -> str:
     return "x".join(map(str, shape))
@@ -64,7 +69,8 @@ class _Merge(Layer):
             if len(shape) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(shape, out, strict=True)):
                 first = f"'{names[0]}' is {_shown(shapes[0])}" if names else _shown(shapes[0])
                 other = f"'{names[i]}' is {_shown(shape)}" if len(names) > i else _shown(shape)
-                raise ShapeError("inputs", f"inputs have incompatible shapes: {first}, {other}", BROADCAST_HINT)
+                hint = PROJECTION_HINT if len(shape) == 3 and 1 not in shape + shapes[0] else BROADCAST_HINT
+                raise ShapeError("inputs", f"inputs have incompatible shapes: {first}, {other}", hint)
             out = [max(a, b) for a, b in zip(out, shape, strict=True)]
         return tuple(out)
 
