@@ -26,4 +26,4 @@ cnnspec run "$out/digits.onnx" "$out/digits/images" --top-k 3
 
 echo "== a graph spec: residual blocks with squeeze-excite gates (specs/digits_residual.yaml)"
 cnnspec train specs/digits_residual.yaml --data "$out/digits/train.npz" -o "$out/digits_residual.onnx"
-cnnspec evaluate "$out/digits_residual.onnx" --data "$out/digits/test.npz" | head -n 1
+cnnspec evaluate "$out/digits_residual.onnx" --data "$out/digits/test.npz" | sed -n 1p
