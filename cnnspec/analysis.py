@@ -109,11 +109,13 @@ Field = tuple[tuple[int, int], tuple[int, int]]
 
 def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) -> tuple[LayerReport, Field]:
     layer, shape = node.layer, shapes[0]
-    fewest, most = layer.arity
-    if not fewest <= len(shapes) <= (most or len(shapes)):
+    if layer.arity == (1, 1) and len(shapes) != 1:
         names = ", ".join(f"'{n}'" for n in node.inputs)
         raise ShapeError("inputs", f"{layer.type} takes one input but inputs lists {len(shapes)} ({names})",
                          "join them first with a merge layer (Add, Concatenate, ...) and read its output")  # fmt: skip
+    if layer.arity[0] > 1 and layer.inputs is None:
+        raise ShapeError("inputs", f"{layer.type} merges {layer.arity[0]} or more tensors but has no inputs (there is no implicit "
+                         "'previous + x')", "name every operand: inputs: [a, b]")  # fmt: skip
     out = layer.infer_shape(shapes)
     params = layer.param_shapes(shape)
     count = sum(numel(s) for s in params.values())

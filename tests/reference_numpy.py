@@ -4,6 +4,14 @@ Independent of the emitted ONNX graph and of cnnspec's own shape arithmetic: the
 output sizes are recomputed here from their definitions, in float64. Tensors are NCHW (the model's
 layout) or [N, units] once flat. The entry point is `forward(spec, params, x)` on a *normalized* spec
 dict (every default filled in and every layer named: `cnnspec.spec.normalized(spec)`).
+
+Graphs: a layer with `inputs` (a name or a list of names) reads those tensors, `input` being the model
+input (after `preprocess`, the graph's first computation); a layer without it reads the previous layer's
+output. The merge layers follow Keras (keras/src/layers/merging): Add, Subtract (x0 - x1), Multiply,
+Average (the sum over n), Maximum, Minimum broadcast like numpy over dims that are equal or 1 (a Keras
+(1, 1, C) map is [N, C, 1, 1] here, so the rule carries over axis by axis); Concatenate joins along its
+Keras axis, which counts the batch: on (N, H, W, C) -1/3 is C, -2/2 is W, -3/1 is H, i.e. NCHW axis
+1, 3, 2; on flat (N, units) -1/1 is the units axis.
 """
 
 from __future__ import annotations
@@ -179,9 +187,9 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], pool, strides, (1, 1))
         return (max_pool if kind == "MaxPooling2D" else avg_pool)(x, pool, strides, pads)
     if kind == "GlobalAveragePooling2D":
-        return np.mean(x, axis=(2, 3))
+        return np.mean(x, axis=(2, 3), keepdims=bool(layer.get("keepdims", False)))  # keepdims: [N, C, 1, 1]
     if kind == "GlobalMaxPooling2D":
-        return np.max(x, axis=(2, 3))
+        return np.max(x, axis=(2, 3), keepdims=bool(layer.get("keepdims", False)))
     if kind == "Flatten":
         return flatten(x)
     if kind == "Dense":
@@ -201,16 +209,66 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
     raise ValueError(f"no reference for layer kind {kind!r}")
 
 
+# ---- merge layers (Keras's merging layers) -----------------------------------------------------------
+
+MERGE_KINDS = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+
+
+def keras_axis_to_nchw(axis: int, rank: int) -> int:
+    """Keras's Concatenate axis (the batch counted) on a channels-last tensor of `rank` (batch included)
+    -> the axis of the same data in the model's layout (NCHW for rank 4, [N, units] for rank 2)."""
+    a = axis + rank if axis < 0 else axis
+    assert 1 <= a < rank, f"axis {axis} is the batch axis or out of range for rank {rank}"
+    if rank == 2:
+        return 1
+    assert rank == 4
+    return {1: 2, 2: 3, 3: 1}[a]  # H, W, C (NHWC) -> NCHW positions
+
+
+def merge(kind: str, xs: list[np.ndarray], axis: int = -1) -> np.ndarray:
+    """Keras's merge of `xs` (model layout); elementwise kinds broadcast over dims of 1."""
+    xs = [np.asarray(x, np.float64) for x in xs]
+    assert len(xs) >= 2, f"{kind} needs at least 2 inputs"
+    assert len({x.ndim for x in xs}) == 1, "merged tensors must have the same rank"
+    if kind == "Subtract":
+        assert len(xs) == 2, "Subtract takes exactly 2 inputs"
+        return xs[0] - xs[1]
+    if kind == "Concatenate":
+        return np.concatenate(xs, axis=keras_axis_to_nchw(axis, xs[0].ndim))
+    reduce = {"Add": np.add, "Multiply": np.multiply, "Average": np.add, "Maximum": np.maximum,
+              "Minimum": np.minimum}[kind]  # fmt: skip
+    y = xs[0]
+    for x in xs[1:]:
+        y = reduce(y, x)  # numpy broadcasting == Keras's (each dim equal or 1)
+    return y / len(xs) if kind == "Average" else y
+
+
+def layer_inputs(layer: dict, previous: str) -> list[str]:
+    """The producer names a layer reads: its `inputs` (a name or a list), else the previous item."""
+    names = layer.get("inputs")
+    if names is None:
+        return [previous]
+    return [names] if isinstance(names, str) else list(names)
+
+
 def forward(spec: dict, params: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run a normalized spec on raw NCHW pixels; returns (output, every layer's output)."""
-    y = preprocess(x, spec.get("preprocess"))
+    """Run a normalized spec on raw NCHW pixels; returns (output, every layer's output in spec order)."""
+    named = {"input": preprocess(x, spec.get("preprocess"))}
+    previous = "input"
     outputs = []
-    for layer in spec["layers"]:
-        prefix = layer["name"] + "."
-        own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-        y = layer_forward(layer, own, y)
+    for index, layer in enumerate(spec["layers"]):
+        xs = [named[name] for name in layer_inputs(layer, previous)]
+        if layer["type"] in MERGE_KINDS:
+            y = merge(layer["type"], xs, layer.get("axis", -1))
+        else:
+            assert len(xs) == 1, f"{layer['type']} takes one input"
+            prefix = layer["name"] + "."
+            own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            y = layer_forward(layer, own, xs[0])
+        previous = layer.get("name") or f"#{index}"
+        named[previous] = y
         outputs.append(y)
-    return y, outputs
+    return outputs[-1], outputs
 
 
 def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
