@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import Issue, SpecError
+from .graph import INPUT, Graph, Node, build_graph, param_name
 from .layers import Layer, ShapeError
 from .shapes import Shape, numel
-from .graph import INPUT, Graph, Node, build_graph, param_name
 from .spec import Spec
 
 MAX_PARAMS = 500_000_000  # float32 weights must fit protobuf's 2 GiB cap on one .onnx file
@@ -114,8 +114,11 @@ def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) ->
         raise ShapeError("inputs", f"{layer.type} takes one input but inputs lists {len(shapes)} ({names})",
                          "join them first with a merge layer (Add, Concatenate, ...) and read its output")  # fmt: skip
     if layer.arity[0] > 1 and layer.inputs is None:
-        raise ShapeError("inputs", f"{layer.type} merges {layer.arity[0]} or more tensors but has no inputs (there is no implicit "
-                         "'previous + x')", "name every operand: inputs: [a, b]")  # fmt: skip
+        raise ShapeError(
+            "inputs",
+            f"{layer.type} merges {layer.arity[0]} or more tensors but has no inputs (no implicit 'previous + x')",
+            "name every operand: inputs: [a, b]",
+        )
     out = layer.infer_shape(shapes)
     params = layer.param_shapes(shape)
     count = sum(numel(s) for s in params.values())
@@ -156,7 +159,9 @@ def analyze(spec: Spec) -> Report:
             continue
         label = node.origin.label
         try:
-            row, receptive = _layer_report(node, tuple(known[r][0] for r in node.inputs), [known[r][1] for r in node.inputs])
+            row, receptive = _layer_report(
+                node, tuple(known[r][0] for r in node.inputs), [known[r][1] for r in node.inputs]
+            )
         except ShapeError as err:
             report.issues.append(Issue(f"{label}: {err.message}. Hint: {err.hint}", node.origin.index, err.field))
             continue

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 
 from . import __version__
 from .analysis import Report, check, expanded_layers
-from .graph import INPUT
 from .builder import GraphBuilder, make_model
 from .errors import UsageError
+from .graph import INPUT
 from .initializers import layer_rng
 from .layers import Lowering
 from .shapes import hwc_to_chw

@@ -119,7 +119,9 @@ class _Builder:
         for i, item in enumerate(items[:-1]):
             if i not in used:
                 hint = "use it in a later layer's inputs (give it name: and list it), or remove it"
-                self.issue(scope, i, self._label(i, item, names[i]), f"output of '{names[i]}' is never used. Hint: {hint}")
+                self.issue(
+                    scope, i, self._label(i, item, names[i]), f"output of '{names[i]}' is never used. Hint: {hint}"
+                )
         for k, name in enumerate(scope.sources):
             if -1 - k not in used and scope.index is not None:
                 self.issue(scope, 0, None,
@@ -141,9 +143,9 @@ class _Builder:
                 self.issue(scope, i, self._label(i, item, name),
                            f"'{name}' is the name of {what}. Hint: give the layer another name", "name")  # fmt: skip
             elif name in seen:
-                self.issue(scope, i, self._label(i, item, name),
-                           f"duplicate layer name '{name}' (also layers[{seen[name]}]). Hint: give each layer its own name",
-                           "name")  # fmt: skip
+                message = f"duplicate layer name '{name}' (also layers[{seen[name]}])"
+                message += ". Hint: give each layer its own name"
+                self.issue(scope, i, self._label(i, item, name), message, "name")
             seen.setdefault(name, i)
 
     def _resolve(self, item, i, label, names, explicit, visible, producer, previous, scope, used) -> list[str] | None:
@@ -163,7 +165,9 @@ class _Builder:
                     tensors.append(tensor)
                 continue
             if ref in explicit:
-                problem = f"inputs: '{ref}' is defined later (layers[{explicit[ref]}]); a layer can only read earlier ones"
+                problem = (
+                    f"inputs: '{ref}' is defined later (layers[{explicit[ref]}]); a layer can only read earlier ones"
+                )
                 if explicit[ref] == i:
                     problem = f"inputs: a layer cannot read its own output ('{ref}')"
             elif ref in names[:i]:
@@ -171,8 +175,13 @@ class _Builder:
                            f"Hint: give that layer name: {ref}")  # fmt: skip
             else:
                 choices = [n for n in visible if n is not None]
-                where = "the model input 'input' or an earlier named layer" if scope.index is None else (
-                    "the block's inputs (" + ", ".join(scope.sources) + ") or an earlier named layer of the block")
+                where = (
+                    "the model input 'input' or an earlier named layer"
+                    if scope.index is None
+                    else (
+                        "the block's inputs (" + ", ".join(scope.sources) + ") or an earlier named layer of the block"
+                    )
+                )
                 problem = f"inputs: unknown name '{ref}'{_suggest(ref, choices)}. Hint: inputs name {where}"
             self.issue(scope, i, label, problem, "inputs")
             tensors = None
@@ -209,7 +218,8 @@ class _Builder:
             problem = f"blocks are nested more than {MAX_DEPTH} deep. Hint: flatten some of them", "block"
         elif use.repeat > 1 and len(block.inputs) > 1:
             problem = (f"repeat: {use.repeat} chains copies, so the block needs one input, but '{use.block}' has "
-                       f"{len(block.inputs)} ({', '.join(block.inputs)}). Hint: write the copies out", "repeat")  # fmt: skip
+                       f"{len(block.inputs)} ({', '.join(block.inputs)}). Hint: write the copies out",
+                       "repeat")  # fmt: skip
         elif use.inputs is not None and len(use.inputs) != len(block.inputs):
             problem = (f"block '{use.block}' takes {len(block.inputs)} input(s) ({', '.join(block.inputs)}), got "
                        f"{len(use.inputs)}. Hint: inputs: [{', '.join(block.inputs)}] with names of earlier layers",
@@ -246,8 +256,11 @@ class _Builder:
         declared = [*block.params, *(k for k in block.defaults if k not in block.params)]
         args = use.arguments
         problems = [
-            (f"unknown parameter '{key}' of block '{use.block}'{_suggest(key, declared)}. Hint: its parameters are "
-             f"{', '.join(declared) or 'none'}", key)  # fmt: skip
+            (
+                f"unknown parameter '{key}' of block '{use.block}'{_suggest(key, declared)}. Hint: its parameters are "
+                f"{', '.join(declared) or 'none'}",
+                key,
+            )  # fmt: skip
             for key in args
             if key not in declared
         ]
@@ -260,8 +273,11 @@ class _Builder:
         unknown: list[str] = []
         raw = [_substitute(layer, values, unknown) for layer in block.layers]
         problems += [
-            (f"block '{use.block}' refers to ${ref}, which it does not declare{_suggest(ref, declared)}. Hint: add "
-             f"'{ref}' to its params", None)  # fmt: skip
+            (
+                f"block '{use.block}' refers to ${ref}, which it does not declare{_suggest(ref, declared)}. Hint: add "
+                f"'{ref}' to its params",
+                None,
+            )  # fmt: skip
             for ref in dict.fromkeys(unknown)
         ]
         for message, field in problems:

@@ -181,8 +181,12 @@ RESIDUAL = dict(
 )
 """A graph: residual blocks with dropout inside (masks named layer1.0.drop.mask), fan-out of the stem to
 the block and a pooled skip, a concatenation. No BatchNormalization, so it also runs as shards."""
-RESIDUAL_BN = dict(RESIDUAL, name="residual-bn", layers=[*RESIDUAL["layers"][:1], {"type": "BatchNormalization",
-                   "name": "stem_bn"}, dict(RESIDUAL["layers"][1], inputs="stem_bn"), *RESIDUAL["layers"][2:]])  # fmt: skip
+STEM, USE, *REST = RESIDUAL["layers"]
+RESIDUAL_BN = dict(
+    RESIDUAL,
+    name="residual-bn",
+    layers=[STEM, {"type": "BatchNormalization", "name": "stem_bn"}, dict(USE, inputs="stem_bn"), *REST],
+)
 
 
 def train(tmp=None, resume=False, net=NET, threads=None, **overrides):

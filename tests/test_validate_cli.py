@@ -14,7 +14,9 @@ JSON_KEYS = {  # the documented keys first, then the extras
     "valid", "name", "input_shape", "layers", "total_params", "errors",
     "trainable_params", "total_flops", "warnings",
 }  # fmt: skip
-LAYER_KEYS = {"name", "type", "inputs", "output_shape", "params", "trainable_params", "flops", "padding", "receptive_field"}
+LAYER_KEYS = {
+    "name", "type", "inputs", "output_shape", "params", "trainable_params", "flops", "padding", "receptive_field",
+}  # fmt: skip
 
 
 def write(tmp_path: Path, data: dict | str, name: str = "spec.yaml") -> Path:

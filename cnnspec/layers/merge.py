@@ -233,7 +233,9 @@ class Concatenate(_Merge):
         shape = ctx.in_shapes[0]
         axis = self._axis(len(shape))
         sizes = [s[axis] for s in ctx.in_shapes]
-        parts = g.op("Split", [dy, ints(g, ctx.name, sizes)], ctx.name, outputs=len(sizes), axis=_nchw_axis(shape, axis))
+        parts = g.op(
+            "Split", [dy, ints(g, ctx.name, sizes)], ctx.name, outputs=len(sizes), axis=_nchw_axis(shape, axis)
+        )
         return [part if wanted else None for part, wanted in zip(parts, ctx.needs_dx, strict=True)], {}
 
 

@@ -29,7 +29,9 @@ def trainable_above(report: Report) -> dict[str, bool]:
     return above
 
 
-def backward(g: GraphBuilder, report: Report, contexts: list[Lowering], dy: str, *, dy_is_dz: bool = False) -> dict[str, str]:
+def backward(
+    g: GraphBuilder, report: Report, contexts: list[Lowering], dy: str, *, dy_is_dz: bool = False
+) -> dict[str, str]:
     """Emit the backward nodes; returns {full parameter name: gradient tensor} for trainable params.
 
     `dy` is dL/d(network output), or with `dy_is_dz` dL/d(last layer's pre-activation) (the fused
@@ -49,7 +51,9 @@ def backward(g: GraphBuilder, report: Report, contexts: list[Lowering], dy: str,
         ctx.needs_dx = tuple(above[ref] for ref in row.inputs)
         dxs, layer_grads = row.layer.backward_node(g, total, ctx)
         if len(dxs) != len(row.inputs):
-            raise NotImplementedError(f"{row.type}.backward gave {len(dxs)} input gradients for {len(row.inputs)} inputs")
+            raise NotImplementedError(
+                f"{row.type}.backward gave {len(dxs)} input gradients for {len(row.inputs)} inputs"
+            )
         for key in row.trainable_keys():
             if key not in layer_grads:
                 raise NotImplementedError(f"{row.type}.backward gave no gradient for {key!r}")

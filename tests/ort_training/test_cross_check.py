@@ -80,7 +80,8 @@ GRAPH_CASES = {  # graph specs: merges, fan-out, broadcasting, a block with repe
         {"type": "Maximum", "name": "hi", "inputs": ["m", "b"]},
         {"type": "Minimum", "name": "lo", "inputs": ["hi", "a"]}, FLAT],
 }  # fmt: skip
-BLOCKS = {"res": {"layers": [conv(name="c", filters=2, padding="same", activation="relu"), {"type": "Add", "inputs": ["in", "c"]}]}}
+RES_LAYERS = [conv(name="c", filters=2, padding="same", activation="relu"), {"type": "Add", "inputs": ["in", "c"]}]
+BLOCKS = {"res": {"layers": RES_LAYERS}}
 
 
 @pytest.mark.parametrize("layers", GRAPH_CASES.values(), ids=GRAPH_CASES.keys())
@@ -96,7 +97,8 @@ def test_graph_nets_one_sgd_step_matches_the_native_backend(layers):
 
 
 def test_a_repeated_residual_block_matches_the_native_backend():
-    data = tiny_spec([conv(name="stem", filters=2, padding="same"), {"block": "res", "name": "layer1", "repeat": 2}, FLAT])
+    stem = conv(name="stem", filters=2, padding="same")
+    data = tiny_spec([stem, {"block": "res", "name": "layer1", "repeat": 2}, FLAT])
     spec = spec_from_data(data | {"blocks": BLOCKS})
     params = initial_params(spec, check(spec), seed=8)
     assert "layer1.1.c.weight" in params
