@@ -327,11 +327,12 @@ def test_cli_options_override_the_spec_training_section():
     assert (default.epochs, default.batch_size, default.learning_rate) == (4, 16, 0.01)
 
 
-def test_exported_train_step_driven_by_hand_equals_the_loop():
+@pytest.mark.parametrize("net", [NET, RESIDUAL_BN], ids=["chain", "graph"])
+def test_exported_train_step_driven_by_hand_equals_the_loop(net):
     """The --export-train-step interface: feed new.* back as inputs, step = updates done so far."""
     from cnnspec.training.loop import rng
 
-    spec = spec_from_data(NET)
+    spec = spec_from_data(net)
     settings = resolve_settings(spec, epochs=2, batch_size=96)  # one batch per epoch
     data = separable()
     looped = train_model(spec, data, None, settings, log=lambda line: None)
