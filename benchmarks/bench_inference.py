@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnnspec.analysis import check  # noqa: E402
 from cnnspec.compiler import compile_spec, model_bytes  # noqa: E402
-from cnnspec.runtime import available_providers, make_session  # noqa: E402
+from cnnspec.sessions import available_providers, make_session  # noqa: E402
 from cnnspec.spec import load_spec  # noqa: E402
 
 BATCHES = (1, 64, 256)

@@ -1,4 +1,4 @@
-"""Running models: the one place that makes onnxruntime sessions, picks devices, predicts and evaluates.
+"""Running models: Classifier (predictions) and evaluation; sessions and devices come from sessions.py.
 
 A model file is untrusted until proven otherwise: it is read with a size cap, parsed from bytes, checked against
 cnnspec's operator allowlist (modelfile.check_runnable), then loaded once in a forked child process with an address
@@ -14,18 +14,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .errors import CnnspecError, ModelError, UsageError
+from .errors import CnnspecError, UsageError
 from .foreign import MAX_LABELS_BYTES, Preprocess
 from .modelfile import ModelInfo, check_runnable, parse_model, read_model_bytes
-
-Device = Literal["cpu", "cuda", "auto"]
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-GPU_HINT = "install the GPU build: pip uninstall onnxruntime && pip install onnxruntime-gpu (CUDA 12/13 and cuDNN 9)"
+from .sandbox import Probe
+from .sessions import Device, make_session, resolve_device
 
 
 @dataclass(frozen=True)
@@ -46,64 +43,6 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         preds = [{"label": p.label, "index": p.index, "score": p.score} for p in self.predictions]
         return {"path": self.path, "predictions": preds, "error": self.error}
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def resolve_device(device: str) -> str:
-    """'auto' becomes 'cuda' when onnxruntime has the CUDA provider, else 'cpu'; 'cuda' without it is an error."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise UsageError(f"--device must be cpu, cuda or auto; got {device!r}")
-    providers = sorted(available_providers(), key=lambda p: p != CPU) if device != "cpu" else [CPU]
-    if device == "auto":
-        return "cuda" if CUDA in providers else "cpu"
-    if device == "cuda" and CUDA not in providers:
-        raise ModelError(
-            f"CUDA requested but CUDAExecutionProvider is not available (available: {', '.join(providers)}); "
-            + GPU_HINT
-        )
-    return device
-
-
-def make_session(
-    model: bytes, device: str = "cpu", threads: int | None = None, config: dict[str, str] | None = None
-) -> Any:
-    """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
-
-    ORT_ENABLE_ALL turns on the layout pass (NCHWc blocked Conv kernels on x86) and Conv+activation fusions.
-    NOTE: onnxruntime falls back to the CPU with only a log warning when CUDA cannot start, so the providers the
-    session really got are checked: `cuda` never silently runs on the CPU.
-    """
-    import onnxruntime as ort
-
-    device = resolve_device(device)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or 0  # 0: one per physical core
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: warnings must not leak into `run --json` pipelines
-    for key, value in (config or {}).items():  # session config entries (training turns off spinning)
-        options.add_session_config_entry(key, value)
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
-    try:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
-        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
-    if device == "cuda" and session.get_providers()[0] != CUDA:
-        raise ModelError(
-            f"CUDA requested but the session could not start on CUDA (check the CUDA libraries); {GPU_HINT}"
-        )
-    return session
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
 
 
 class Classifier:
@@ -138,8 +77,6 @@ class Classifier:
         self._data, self._threads, self._session = data, threads, None
         self._probe = None
         if sandbox:
-            from .sandbox import Probe
-
             self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
         self.classes = self.info.classes or self._probe_classes()
         self.labels = self._labels(labels)

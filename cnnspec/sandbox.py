@@ -17,6 +17,7 @@ import time
 
 from .errors import ModelError
 from .modelfile import ModelInfo
+from .sessions import make_session
 
 TIMEOUT_S = 60.0
 MIN_ADDRESS_SPACE = 4 << 30  # on top of what the process already maps (Python, numpy, onnxruntime)
@@ -81,8 +82,6 @@ def _warm_onnxruntime() -> None:
     import numpy as np
     from onnx import TensorProto, helper
 
-    from .runtime import make_session
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
@@ -124,8 +123,6 @@ def _child(data: bytes, info: ModelInfo, write_fd: int) -> None:
         if os.environ.get(TEST_HOOK) == "crash_inference_worker":
             os.kill(os.getpid(), signal.SIGSEGV)
         import numpy as np
-
-        from .runtime import make_session
 
         session = make_session(data, "cpu", threads=1)
         session.run([info.output_name], {info.input_name: np.zeros((1, *info.chw), np.float32)})

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cnnspec.compiler import compile_spec, model_bytes
-from cnnspec.runtime import CUDA, Classifier, available_providers
+from cnnspec.runtime import Classifier
+from cnnspec.sessions import CUDA, available_providers
 from cnnspec.spec import spec_from_data
 
 pytestmark = [

@@ -16,7 +16,8 @@ from cnnspec.compiler import compile_spec, model_bytes
 from cnnspec.errors import ModelError, UsageError
 from cnnspec.foreign import Preprocess, preprocess_from_options
 from cnnspec.modelfile import check_runnable, parse_model
-from cnnspec.runtime import Classifier, evaluate, resolve_device
+from cnnspec.runtime import Classifier, evaluate
+from cnnspec.sessions import resolve_device
 from cnnspec.spec import spec_from_data
 
 SMALL = {
@@ -167,13 +168,13 @@ def test_preprocess_from_options():
 
 
 def test_devices_never_fall_back_silently(monkeypatch):
-    import cnnspec.runtime as rt
+    import cnnspec.sessions as sessions
 
-    monkeypatch.setattr(rt, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(sessions, "available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ModelError, match=r"CUDA requested but CUDAExecutionProvider is not available \(available: CPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
-    monkeypatch.setattr(rt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(sessions, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert resolve_device("auto") == "cuda"
 
 

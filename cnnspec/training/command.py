@@ -182,7 +182,7 @@ def train_command(
     from ..analysis import check
     from ..compiler import build_inference_model, model_bytes
     from ..files import atomic_write, check_output_path
-    from ..runtime import resolve_device
+    from ..sessions import resolve_device
     from ..spec import load_spec
 
     if val is not None and overrides.get("val_split") is not None:

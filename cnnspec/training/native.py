@@ -28,7 +28,7 @@ def one_step(
     from the spec's training section when it has one, else Keras's defaults.
     """
     from ..analysis import check
-    from ..runtime import make_session
+    from ..sessions import make_session
     from .command import resolve_settings
 
     report = check(spec)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..compiler import model_bytes
-from ..runtime import make_session
+from ..sessions import make_session
 from .program import CORRECT, INPUT, LABELS, LOSS, LR, STEP, Program, build_shard_update, new, shard_grad, shard_weight
 
 if TYPE_CHECKING:
