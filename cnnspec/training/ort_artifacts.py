@@ -1,6 +1,6 @@
 """onnxruntime-training 1.19.2's artifacts for a spec: the import without torch, what it refuses, the graph
-it differentiates, and the four artifacts (`cnnspec export-artifacts`). The training loop over them is
-ort_backend.py.
+it differentiates, the four artifacts (`cnnspec export-artifacts`) and OrtTrainer, which loads them. The
+training loop over them is ort_backend.py, which imports this module (never the other way round).
 
 onnxruntime-training is frozen at 1.19.2 (Python <= 3.11, CPU wheel `onnxruntime-training-cpu`) and installs
 its own `onnxruntime` module, so it lives in its own environment (SETUP below). Four quirks shape this file:
@@ -316,8 +316,6 @@ def _child_main(folder: str) -> int:
     )  # fmt: skip
     for name in ARTIFACTS[:3]:
         _restamp_ir(out / name)
-    from .ort_backend import OrtTrainer  # the loop's module; imported here, in the child only
-
     trainer = OrtTrainer(out, api)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     x, y = np.zeros((2, *dims), np.float32), np.zeros(2, np.int64)
@@ -336,6 +334,51 @@ def _restamp_ir(path: Path) -> None:
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
         path.write_bytes(model.SerializeToString())
+
+
+# ---- the artifacts loaded ---------------------------------------------------------------------------------
+
+
+class OrtTrainer:
+    """CheckpointState + Module + Optimizer over one artifacts folder."""
+
+    def __init__(self, folder: Path, api: types.ModuleType, checkpoint: Path | None = None) -> None:
+        self.state = api.CheckpointState.load_checkpoint(str(checkpoint or folder / "checkpoint"))
+        self.module = api.Module(str(folder / ARTIFACTS[0]), self.state, str(folder / ARTIFACTS[1]), device="cpu")
+        self.optimizer = api.Optimizer(str(folder / ARTIFACTS[2]), self.module)
+
+    def step(self, x: np.ndarray, y: np.ndarray, learning_rate: float) -> tuple[float, int]:
+        """One optimizer step on a batch; (mean loss, correct predictions) before the update."""
+        self.module.train()
+        self.optimizer.set_learning_rate(learning_rate)
+        loss, logits = self.module(x, y)
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return float(loss), int((logits.argmax(axis=1) == y).sum())
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+        """(mean loss, accuracy) in eval mode (Dropout off)."""
+        self.module.eval()
+        total, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            loss, logits = self.module(xb, yb)
+            total += float(loss) * len(xb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+        return total / max(len(x), 1), correct / max(len(x), 1)
+
+    def params(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {name: self.state.parameters[name].data.copy() for name in names}
+
+    def checkpoint_bytes(self) -> bytes:
+        """The ORT checkpoint (weights and optimizer state) as bytes, for an atomic write."""
+        with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+            path = Path(temp) / "state"
+            type(self.state).save_checkpoint(self.state, str(path), include_optimizer_state=True)
+            return path.read_bytes()
+
+
+# ---- `cnnspec export-artifacts` ---------------------------------------------------------------------------
 
 
 def export_artifacts(spec: Spec, folder: Path, seed: int = 0) -> list[Path]:

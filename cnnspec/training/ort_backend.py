@@ -12,15 +12,14 @@ import math
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .ort_artifacts import (
-    ARTIFACTS,
     OptimizerConfig,
+    OrtTrainer,
     check_supported,
     generate_artifacts,
     load_ort_training,
@@ -31,45 +30,6 @@ from .ort_artifacts import (
 
 if TYPE_CHECKING:
     from ..spec import Spec
-
-
-class OrtTrainer:
-    """CheckpointState + Module + Optimizer over one artifacts folder."""
-
-    def __init__(self, folder: Path, api: types.ModuleType, checkpoint: Path | None = None) -> None:
-        self.state = api.CheckpointState.load_checkpoint(str(checkpoint or folder / "checkpoint"))
-        self.module = api.Module(str(folder / ARTIFACTS[0]), self.state, str(folder / ARTIFACTS[1]), device="cpu")
-        self.optimizer = api.Optimizer(str(folder / ARTIFACTS[2]), self.module)
-
-    def step(self, x: np.ndarray, y: np.ndarray, learning_rate: float) -> tuple[float, int]:
-        """One optimizer step on a batch; (mean loss, correct predictions) before the update."""
-        self.module.train()
-        self.optimizer.set_learning_rate(learning_rate)
-        loss, logits = self.module(x, y)
-        self.optimizer.step()
-        self.module.lazy_reset_grad()
-        return float(loss), int((logits.argmax(axis=1) == y).sum())
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
-        """(mean loss, accuracy) in eval mode (Dropout off)."""
-        self.module.eval()
-        total, correct = 0.0, 0
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            loss, logits = self.module(xb, yb)
-            total += float(loss) * len(xb)
-            correct += int((logits.argmax(axis=1) == yb).sum())
-        return total / max(len(x), 1), correct / max(len(x), 1)
-
-    def params(self, names: list[str]) -> dict[str, np.ndarray]:
-        return {name: self.state.parameters[name].data.copy() for name in names}
-
-    def checkpoint_bytes(self) -> bytes:
-        """The ORT checkpoint (weights and optimizer state) as bytes, for an atomic write."""
-        with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
-            path = Path(temp) / "state"
-            type(self.state).save_checkpoint(self.state, str(path), include_optimizer_state=True)
-            return path.read_bytes()
 
 
 def one_step(

@@ -15,7 +15,7 @@ from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, initial_params
 from cnnspec.errors import CnnspecError, SpecError
 from cnnspec.spec import spec_from_data
-from cnnspec.training import ort_artifacts, ort_backend
+from cnnspec.training import ort_artifacts
 
 from .ort_helpers import ROOT, run_cli
 
@@ -32,7 +32,7 @@ def test_export_artifacts_writes_four_loadable_artifacts(tmp_path, ort_training)
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted(ort_artifacts.ARTIFACTS)
     for name in ort_artifacts.ARTIFACTS[:3]:
         assert onnx.load(str(tmp_path / "art" / name)).ir_version <= ort_artifacts.MAX_IR_VERSION
-    trainer = ort_backend.OrtTrainer(tmp_path / "art", api)  # CheckpointState + Module + Optimizer load them
+    trainer = ort_artifacts.OrtTrainer(tmp_path / "art", api)  # CheckpointState + Module + Optimizer load them
     assert trainer.module.input_names()[:2] == ["input", "labels"]
     x, y = np.random.default_rng(0).uniform(0, 16, (5, 1, 8, 8)).astype(np.float32), np.arange(5)
     first, _ = trainer.step(x, y, 0.01)
@@ -124,7 +124,7 @@ def test_lowered_layers_train_and_evaluate_like_the_compiled_model(tmp_path, ort
     ort_artifacts.generate_artifacts(
         graph, ort_artifacts.trainable(spec, report), ort_artifacts.OptimizerConfig(), tmp_path
     )
-    trainer = ort_backend.OrtTrainer(tmp_path, api)
+    trainer = ort_artifacts.OrtTrainer(tmp_path, api)
     x = np.random.default_rng(1).uniform(0, 255, (6, 2, 7, 7)).astype(np.float32)
     y = np.arange(6) % 4
     trainer.module.eval()
