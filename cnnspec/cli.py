@@ -264,7 +264,7 @@ def train(
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
-    from .training.command import train_command
+    from .train_command import train_command
 
     if val_split is not None and not 0 < val_split < 1:
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
