@@ -41,8 +41,8 @@ def timed(step, seconds: float) -> float:
 
 def train_program(spec, device: str = "cpu"):
     from cnnspec.analysis import check
-    from cnnspec.training.command import resolve_settings
     from cnnspec.training.program import build_train_step
+    from cnnspec.training.trainer import resolve_settings
 
     report = check(spec)
     settings = resolve_settings(spec)
@@ -97,9 +97,9 @@ def cnnspec_step(spec, threads: int, one_session: bool = False, device: str = "c
     or with `one_session` the fused train-step graph in one session with all threads."""
     from cnnspec.analysis import check
     from cnnspec.compiler import initial_params
-    from cnnspec.training.command import resolve_settings, step_runner
     from cnnspec.training.loop import dropout_masks
     from cnnspec.training.runner import StepRunner
+    from cnnspec.training.trainer import resolve_settings, step_runner
 
     if one_session:
         report, settings, program = train_program(spec, device)

@@ -1,7 +1,7 @@
 """`cnnspec train`, the command's library side: the spec and data files, the backend, the trained model's files.
 
 It sits above data.py and the training package (README "Architecture"): it loads the data sets (data.py) and
-hands them to the native loop (training/command.py) or the onnxruntime-training backend (training/ort_backend.py).
+hands them to the native loop (training/trainer.py) or the onnxruntime-training backend (training/ort_backend.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from .errors import CnnspecError, UsageError
 from .files import atomic_write, check_output_path
 from .sessions import resolve_device
 from .spec import Spec, load_spec
-from .training.command import resolve_settings, train_model
 from .training.loop import Data, Result, Settings, split
 from .training.program import build_train_step
+from .training.trainer import resolve_settings, train_model
 
 
 def load_data(

@@ -114,7 +114,7 @@ def test_the_graph_given_to_ort_training_computes_the_compiled_model():
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
 def test_learning_rate_schedule_is_the_native_loops(schedule):
     from cnnspec.spec import Training
-    from cnnspec.training.command import resolve_settings
+    from cnnspec.training.trainer import resolve_settings
 
     training = {"schedule": schedule, "step_epochs": 2, "epochs": 5, "learning_rate": 0.1}
     spec = spec_from_data(

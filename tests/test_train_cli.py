@@ -102,16 +102,16 @@ def test_train_seed_starts_from_compile_seed_weights(work: Path, monkeypatch):
 
 def test_threads_reach_the_step_runner(work: Path, monkeypatch):
     from cnnspec.cli import main
-    from cnnspec.training import command
+    from cnnspec.training import trainer
 
-    seen, real = [], command.step_runner
+    seen, real = [], trainer.step_runner
 
     def spy(spec, report, settings, device, threads):
         program, runner = real(spec, report, settings, device, threads)
         seen.append((threads, type(runner).__name__))
         return program, runner
 
-    monkeypatch.setattr(command, "step_runner", spy)
+    monkeypatch.setattr(trainer, "step_runner", spy)
     no_bn = (work / "spec.yaml").read_text().replace("  - {type: BatchNormalization}\n", "")
     (work / "no-bn.yaml").write_text(no_bn.replace("batch_size: 16", "batch_size: 32"))
     for threads in ("1", "2"):

@@ -15,11 +15,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cnnspec.analysis import check
 from cnnspec.compiler import initial_params
 from cnnspec.spec import spec_from_data
-from cnnspec.training.command import resolve_settings, train_model
 from cnnspec.training.loop import Data, dropout_masks
 from cnnspec.training.native import one_step
 from cnnspec.training.optimizers import Optimizer
 from cnnspec.training.program import build_train_step, new
+from cnnspec.training.trainer import resolve_settings, train_model
 
 SMALL = {
     "name": "small",
@@ -399,8 +399,8 @@ def test_shard_count():
 
 
 def test_step_runner_picks_shards_and_serial_programs():
-    from cnnspec.training.command import step_runner
     from cnnspec.training.runner import ShardedStepRunner, StepRunner
+    from cnnspec.training.trainer import step_runner
 
     def pick(net, threads, batch):
         spec = spec_from_data(net)

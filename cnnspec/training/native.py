@@ -29,7 +29,7 @@ def one_step(
     """
     from ..analysis import check
     from ..sessions import make_session
-    from .command import resolve_settings
+    from .trainer import resolve_settings
 
     report = check(spec)
     settings = resolve_settings(spec, optimizer=optimizer)
