@@ -75,14 +75,6 @@ FLOORS: list[tuple[str, set[str]]] = [
 ]
 FLOOR = {module: (level, name) for level, (name, modules) in enumerate(FLOORS) for module in modules}
 
-# Modules the graph refactor adds: on the table already, so the rules hold whether or not they exist yet
-# (drop them from this set once they have landed).
-NOT_YET = {"cnnspec.graph", "cnnspec.layers.merge"}
-
-# TODO(graph refactor): layers/activations <-> layers/gradients is a known cycle, being removed by the graph
-# refactor; delete this exception once it is. No other cycle is allowed.
-ALLOWED_CYCLES = [{"cnnspec.layers.activations", "cnnspec.layers.gradients"}]
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -174,7 +166,7 @@ def test_every_module_has_exactly_one_floor():
     listed = [module for _, modules in FLOORS for module in modules]
     assert len(listed) == len(set(listed)), "a module is on two floors"
     assert set(MODULES) - FLOOR.keys() == set(), "a new module needs a floor in FLOORS (and a line in the README)"
-    assert FLOOR.keys() - set(MODULES) <= NOT_YET, "FLOORS lists a module that no longer exists"
+    assert FLOOR.keys() - set(MODULES) == set(), "FLOORS lists a module that no longer exists"
 
 
 def test_no_module_imports_a_higher_floor():
@@ -201,7 +193,7 @@ def test_training_imports_neither_runtime_nor_data():
 
 def test_no_import_cycles():
     graph = {module: imports_of(module) for module in MODULES}
-    assert [c for c in cycles(graph) if c not in ALLOWED_CYCLES] == []
+    assert cycles(graph) == []
 
 
 def test_the_import_parser_sees_every_form():
