@@ -432,7 +432,9 @@ def test_a_dropped_sharded_runner_takes_its_threads_along():
     data = separable(24)
     runner.step(data.x, data.y, 0.1, 0, dropout_masks(program, 0, 0, 0, 24))
     workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("cnnspec-shard")]
-    assert len(workers) == 2  # shard 0 runs on the calling thread
+    # Shard 0 runs on the calling thread; the pool starts at most 2 workers, one only if the other is still busy
+    # when the next shard is submitted (ThreadPoolExecutor reuses an idle worker), so 1 or 2.
+    assert 1 <= len(workers) <= 2
     del runner
     gc.collect()
     for thread in workers:
