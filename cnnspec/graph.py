@@ -89,6 +89,7 @@ class _Builder:
         self.nodes: list[Node] = []
         self.issues: list[Issue] = []
         self.too_big = False
+        self.unresolved = 0
 
     def issue(self, scope: _Scope, index: int, label: str | None, message: str, field: str | None = None) -> None:
         where = " -> ".join((*scope.trail, label) if label else scope.trail)
@@ -103,6 +104,7 @@ class _Builder:
         used: set[int] = set()
         previous: tuple[str | None, int] = (next(iter(scope.sources.values())), -1)
         self._check_names(items, names, scope)
+        unresolved = self.unresolved
         for i, item in enumerate(items):
             label = self._label(i, item, names[i])
             refs = self._resolve(item, i, label, names, explicit, visible, producer, previous, scope, used)
@@ -116,6 +118,8 @@ class _Builder:
             previous = (out, i)
             if self.too_big:
                 return None
+        if self.unresolved > unresolved:
+            return previous[0]  # a mistyped reference also leaves its target unused: report only the reference
         for i, item in enumerate(items[:-1]):
             if i not in used:
                 hint = "use it in a later layer's inputs (give it name: and list it), or remove it"
@@ -184,6 +188,7 @@ class _Builder:
                 )
                 problem = f"inputs: unknown name '{ref}'{_suggest(ref, choices)}. Hint: inputs name {where}"
             self.issue(scope, i, label, problem, "inputs")
+            self.unresolved += 1
             tensors = None
         return tensors
 
