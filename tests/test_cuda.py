@@ -34,10 +34,30 @@ SPEC = {
 }
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> str:
+GRAPH = dict(  # a graph: a residual block, a squeeze-excite gate (broadcasting Multiply) and a concatenation
+    SPEC,
+    name="gpu-graph",
+    layers=[
+        {"type": "Conv2D", "name": "stem", "filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "Conv2D", "name": "conv", "filters": 16, "kernel_size": 3, "padding": "same"},
+        {"type": "BatchNormalization", "name": "bn"},
+        {"type": "Add", "name": "res", "inputs": ["stem", "bn"]},
+        {"type": "GlobalAveragePooling2D", "name": "squeeze", "keepdims": True},
+        {"type": "Conv2D", "name": "gate", "filters": 16, "kernel_size": 1, "activation": "sigmoid"},
+        {"type": "Multiply", "name": "excite", "inputs": ["res", "gate"]},
+        {"type": "MaxPooling2D", "name": "pool", "pool_size": 2, "inputs": "stem"},
+        {"type": "MaxPooling2D", "name": "pool2", "pool_size": 2, "inputs": "excite"},
+        {"type": "Concatenate", "name": "cat", "inputs": ["pool", "pool2"]},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+    ],
+)
+
+
+@pytest.fixture(scope="module", params=[SPEC, GRAPH], ids=["chain", "graph"])
+def model_path(tmp_path_factory, request) -> str:
     path = tmp_path_factory.mktemp("cuda") / "gpu.onnx"
-    path.write_bytes(model_bytes(compile_spec(spec_from_data(SPEC), seed=3)))
+    path.write_bytes(model_bytes(compile_spec(spec_from_data(request.param), seed=3)))
     return str(path)
 
 

@@ -287,8 +287,9 @@ def test_train_step_graph_is_standard_domain_only():
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
-def test_cuda_matches_cpu():
-    spec = spec_from_data(NET)
+@pytest.mark.parametrize("net", [NET, RESIDUAL_BN], ids=["chain", "graph"])
+def test_cuda_matches_cpu(net):
+    spec = spec_from_data(net)
     settings = resolve_settings(spec, epochs=1)
     cpu = train_model(spec, separable(), None, settings, log=lambda line: None)
     gpu = train_model(spec, separable(), None, settings, device="cuda", log=lambda line: None)
