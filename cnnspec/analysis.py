@@ -5,6 +5,7 @@ Pure Python over the validated spec; no numpy or onnx, so `cnnspec validate` sta
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import Issue, SpecError
@@ -154,6 +155,7 @@ def analyze(spec: Spec) -> Report:
         return report
     _check_preprocess(spec, report)
     known: dict[str, tuple[Shape, Field]] = {INPUT: (shape, ((1, 1), (1, 1)))}
+    warned: set[str] = set()
     for node in report.graph.nodes:
         if any(ref not in known for ref in node.inputs):
             continue
@@ -177,7 +179,8 @@ def analyze(spec: Spec) -> Report:
                 )
             )
             return report
-        if getattr(node.layer, "activation", None) == "softmax" and node.name != report.graph.output:
+        softmax_inside = getattr(node.layer, "activation", None) == "softmax" and node.name != report.graph.output
+        if softmax_inside and _first_copy(node.origin.label, warned):
             report.warnings.append(
                 Issue(
                     f"{label}: softmax is usually the last activation; here it is followed by more layers",
@@ -188,6 +191,15 @@ def analyze(spec: Spec) -> Report:
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
     return report
+
+
+def _first_copy(label: str, seen: set[str]) -> bool:
+    """Whether this is the first copy of a repeated block to raise a warning here (one warning, not one per copy)."""
+    key = re.sub(r" \(copy \d+\)", "", label)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _check_preprocess(spec: Spec, report: Report) -> None:

@@ -22,6 +22,7 @@ from .spec import BlockDef, BlockUse, LayerItem, Spec, _suggest, issues_from_val
 INPUT = "input"
 """The reserved name of the model input."""
 MAX_NODES = 5000
+USE_KEYS = tuple(BlockUse.model_fields)  # block, name, inputs, repeat
 MAX_DEPTH = 8
 
 
@@ -221,7 +222,7 @@ class _Builder:
                        "Hint: a block may only use other blocks", "block")  # fmt: skip
         elif len(scope.stack) >= MAX_DEPTH:
             problem = f"blocks are nested more than {MAX_DEPTH} deep. Hint: flatten some of them", "block"
-        elif use.repeat > 1 and len(block.inputs) > 1:
+        elif "repeat" in use.model_fields_set and len(block.inputs) > 1:
             problem = (f"repeat: {use.repeat} chains copies, so the block needs one input, but '{use.block}' has "
                        f"{len(block.inputs)} ({', '.join(block.inputs)}). Hint: write the copies out",
                        "repeat")  # fmt: skip
@@ -262,7 +263,8 @@ class _Builder:
         args = use.arguments
         problems = [
             (
-                f"unknown parameter '{key}' of block '{use.block}'{_suggest(key, declared)}. Hint: its parameters are "
+                f"unknown parameter '{key}' of block '{use.block}'{_suggest(key, [*declared, *USE_KEYS])}. Hint: its "
+                "parameters are "
                 f"{', '.join(declared) or 'none'}",
                 key,
             )  # fmt: skip
@@ -284,6 +286,7 @@ class _Builder:
                 None,
             )  # fmt: skip
             for ref in dict.fromkeys(unknown)
+            if ref not in declared  # a declared one without a value was reported as missing
         ]
         for message, field in problems:
             self.issue(scope, i, label, message, field)

@@ -6,7 +6,8 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import Issue, SpecError
 from .layers import LAYER_KINDS, LAYERS_BY_TYPE, Layer
@@ -129,6 +130,17 @@ class BlockDef(_Strict):
         Field(min_length=1, max_length=MAX_LAYERS),
     ]
 
+    @model_validator(mode="after")
+    def _params_are_not_use_keys(self) -> BlockDef:
+        taken = [p for p in (*self.params, *self.defaults) if p in BlockUse.model_fields]
+        if taken:
+            raise PydanticCustomError(
+                "cnnspec_block_param",
+                "parameter '{name}' would clash with the block use's own key '{name}'. Hint: rename the parameter",
+                {"name": taken[0]},
+            )
+        return self
+
 
 class Spec(_Strict):
     """A whole network: its input, its layers and (optionally) labels, preprocessing and training."""
@@ -183,6 +195,14 @@ def layer_names(layers: list[Any]) -> list[str]:
     return names
 
 
+def use_label(index: int, use: Any) -> str:
+    """How messages name a block use: layers[3] block 'basic' 'layer1'."""
+    block = use.get("block") if isinstance(use, dict) else getattr(use, "block", None)
+    name = use.get("name") if isinstance(use, dict) else getattr(use, "name", None)
+    shown = f" '{_shown(block)}'" if isinstance(block, str) else ""
+    return f"layers[{index}] block{shown}" + (f" '{_shown(name)}'" if isinstance(name, str) else "")
+
+
 def layer_label(index: int, kind: Any, name: str | None) -> str:
     """How messages name a layer: layers[3] Conv2D 'conv2d_2' (no name: layers[3] Bogus)."""
     shown_kind = _shown(kind) if isinstance(kind, str) else "(no type)"
@@ -208,6 +228,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         return _INITIALIZERS[loc[-1]]
     if loc[0] == "layers" and len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE:
         return LAYERS_BY_TYPE[loc[2]] if len(loc) == 3 else None
+    if len(loc) == 2 and loc[0] == "blocks":
+        return BlockDef
     if len(loc) == 1:
         model = nested.get(loc[0])
     else:
@@ -290,7 +312,11 @@ def _describe_value(error: dict, field: str) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     shown = _received(value)
     if kind.startswith("cnnspec_"):  # cnnspec's own validators already say the rule and the value
-        hint = _type_hint(value, kind == "cnnspec_int") or _RANGE_HINTS.get(field.rpartition(".")[2], "")
+        if kind in ("cnnspec_int", "cnnspec_float", "cnnspec_pair"):
+            hint = _type_hint(value, kind == "cnnspec_int")
+        else:
+            hint = _NAME_HINTS.get(kind, lambda v: "")(value)
+        hint = hint or _RANGE_HINTS.get(field.rpartition(".")[2], "")
         return f"{field} {error['msg']}" + ("." + hint if hint else "")
     if kind == "literal_error":
         expected = [e.strip().strip("'") for e in ctx.get("expected", "").replace(" or ", ",").split(",")]
@@ -319,6 +345,13 @@ _RANGE_HINTS = {  # what a sensible value looks like, for fields whose range alo
     "learning_rate": " Hint: adam usually takes 0.001, sgd 0.01 to 0.1",
     "filters": " Hint: e.g. 32",
     "units": " Hint: e.g. 64, or the number of classes for the last layer",
+}
+_NAME_HINTS = {  # the fix for a malformed name, by what is wrong with it
+    "cnnspec_name": lambda value: (
+        " Hint: dotted names are made by expanding blocks; read a block use through its own name (its output)"
+        if isinstance(value, str) and "." in value
+        else ""
+    ),
 }
 _INITIALIZERS = {m.model_fields["type"].annotation.__args__[0]: m for m in (RandomNormal, RandomUniform, Constant)}
 _TYPES_HINT = ". Hint: type is one of " + ", ".join(LAYERS_BY_TYPE)
@@ -370,14 +403,15 @@ def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]
         layer, prefix = None, ""
         if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
             layer = loc[1]
-            rest = loc[3:] if len(loc) >= 3 and loc[2] in LAYERS_BY_TYPE else loc[2:]
+            tagged = len(loc) >= 3 and (loc[2] in LAYERS_BY_TYPE or loc[2] == BLOCK_TAG)
+            rest = loc[3:] if tagged else loc[2:]
             raw = raw_layers[layer] if layer < len(raw_layers) else {}
             kind = raw.get("type") if isinstance(raw, dict) else None
             explicit = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else None
             # A layer of no known type has no default name (it would be a made-up 'layer_1').
             known = isinstance(kind, str) and kind in LAYERS_BY_TYPE
             name = names[layer] if known and layer < len(names) else explicit
-            prefix = layer_label(layer, kind, name) + ": "
+            prefix = (use_label(layer, raw) if _item_kind(raw) == BLOCK_TAG else layer_label(layer, kind, name)) + ": "
         else:
             rest = loc
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[") or None
@@ -439,6 +473,9 @@ def normalized(spec: Spec) -> dict:
         # exclude_none also drops a *required* None (Activation's `activation: null`): put it back,
         # so the embedded spec validates again (normalized is a fixed point).
         layer.update({k: None for k, f in type(model).model_fields.items() if f.is_required() and k not in layer})
+    for i, model in enumerate(spec.layers):
+        if isinstance(model, BlockUse):  # `repeat` (even 1) numbers the copies: keep it only where it was written
+            data["layers"][i] = model.model_dump(mode="json", exclude_unset=True)
     for layer, name in zip(data["layers"], layer_names(spec.layers), strict=True):
         layer["name"] = name
     return data

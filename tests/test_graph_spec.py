@@ -6,8 +6,6 @@ Concatenate's Keras axis, `keepdims`, blocks (params, `$param`, nesting, `repeat
 the limits, and errors that name both the block use and the layer inside it, reported once.
 A few go through the CLI (`validate --json`, the "connected to" column, `schema`) and `compile_spec`
 (initializer names, metadata, a block spec lowering to the same graph as the network written out flat).
-
-Tests marked xfail(strict=True) pin product bugs: they pass once the product is fixed.
 """
 
 from __future__ import annotations
@@ -617,21 +615,11 @@ def test_a_missing_required_parameter_is_reported() -> None:
     assert "Hint: add filters: ..." in missing[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a missing required parameter also reports that the block "
-    "'refers to $filters, which it does not declare', although it does",
-)
 def test_a_missing_required_parameter_is_the_only_issue() -> None:
     assert_exactly(issues_of([{"block": "basic", "name": "u"}, *HEAD], {"basic": BASIC}),
                    [E(0, "filters", "missing parameter 'filters' of block 'basic'")])  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a misspelt required parameter gives 3 issues, the third "
-    "('refers to $filters, which it does not declare') false",
-)
 def test_a_misspelt_required_parameter_gives_unknown_and_missing_only() -> None:
     assert_exactly(
         issues_of([{"block": "basic", "name": "u", "filtres": 4}, *HEAD], {"basic": BASIC}),
@@ -640,11 +628,6 @@ def test_a_misspelt_required_parameter_gives_unknown_and_missing_only() -> None:
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: keys of a block use other than parameters get no "
-    "did-you-mean for the use's own keys (repeat, inputs)",
-)
 @pytest.mark.parametrize(("key", "meant"), [("repaet", "repeat"), ("input", "inputs")])
 def test_a_misspelt_use_key_suggests_the_use_key(key: str, meant: str) -> None:
     issues = issues_of([conv("x"), {"block": "unit", "name": "u", key: "x" if key == "input" else 2}, *HEAD],
@@ -652,12 +635,6 @@ def test_a_misspelt_use_key_suggests_the_use_key(key: str, meant: str) -> None:
     assert_exactly(issues, [E(1, key, f"unknown parameter '{key}'", f"(did you mean '{meant}'?)")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a block parameter named like a use key (repeat, inputs, name, "
-    "block) is accepted, then unreachable: 'missing parameter 'repeat'. Hint: add "
-    "repeat: ... to the use' although the use has repeat:",
-)
 def test_a_parameter_named_like_a_use_key_is_refused() -> None:
     issues = issues_of([{"block": "b", "name": "u", "repeat": 2}, *HEAD],
                        {"b": {"params": ["repeat"], "layers": [conv("c")]}})  # fmt: skip
@@ -665,11 +642,6 @@ def test_a_parameter_named_like_a_use_key_is_refused() -> None:
     assert "add repeat: ... to the use" not in issues[0].message  # the use has it: the declaration is at fault
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: an unknown field of a block definition ('param:' for "
-    "'params:') gets neither a did-you-mean nor the list of fields",
-)
 def test_a_misspelt_block_definition_field_suggests_the_field() -> None:
     issues = issues_of([{"block": "b", "name": "u"}, *HEAD], {"b": {"param": ["f"], "layers": [conv("c")]}})
     assert_exactly(issues, [E(None, "blocks.b.param", "unknown field 'param'", "(did you mean 'params'?)")])
@@ -749,21 +721,12 @@ def test_repeat_over_1000_is_refused() -> None:
     assert issue.layer == 0 and issue.field.endswith("repeat") and "≤ 1,000" in issue.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a field error of a block use is labelled 'layers[0] (no type)' "
-    "with field 'block.repeat' (the union tag leaks into the field)",
-)
 def test_a_field_error_of_a_block_use_names_the_use_and_the_field() -> None:
     (issue,) = issues_of([{"block": "unit", "name": "u", "repeat": 1001}, *HEAD], {"unit": UNIT})
     assert issue.field == "repeat"
     assert issue.message.startswith("layers[0] block 'unit' 'u': repeat must be")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a block use without name reports field 'block.name' and the label 'layers[0] (no type)'",
-)
 def test_a_block_use_without_a_name_names_the_field_name() -> None:
     (issue,) = issues_of([{"block": "one"}, *HEAD], {"one": ONE})
     assert issue.field == "name"
@@ -822,11 +785,6 @@ def test_a_fault_in_a_block_used_twice_points_at_the_first_use() -> None:
     assert_exactly(issues, [E(0, "inputs", "layers[0] block 'bad' 'l1' -> layers[1] Add 'add'")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a warning in a repeated block is reported once per copy "
-    "(repeat: 1000 prints 1000 softmax warnings)",
-)
 def test_a_warning_in_every_copy_is_reported_once() -> None:
     blocks = {"soft": {"layers": [conv("c", activation="softmax")]}}
     report = analyze(spec_from_data(data([{"block": "soft", "name": "u", "repeat": 3}, *HEAD], blocks)))
@@ -834,11 +792,6 @@ def test_a_warning_in_every_copy_is_reported_once() -> None:
     assert len(report.warnings) == 1 and "softmax" in report.warnings[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: 'inputs: layer1.conv1' (reaching into a block use, the most "
-    "common mistake with dotted names) says 'Hint: write a number'",
-)
 def test_a_dotted_reference_into_a_block_gets_a_useful_hint() -> None:
     (issue,) = issues_of([{"block": "one", "name": "layer1"}, conv("x", inputs="layer1.c"), *HEAD], {"one": ONE})
     assert (issue.layer, issue.field) == (1, "inputs")
@@ -957,12 +910,6 @@ def test_metadata_has_no_expanded_layers_without_blocks(doc: dict) -> None:
     assert "cnnspec.spec" in meta and "cnnspec.expanded" not in meta
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the embedded cnnspec.spec writes 'repeat: 1' into a use "
-    "without repeat, so the re-read spec names 'layer1.0.conv1' where the model's "
-    "weights are 'layer1.conv1' (cnnspec inspect shows other names)",
-)
 def test_the_embedded_spec_means_the_same_names() -> None:
     doc = data([{"block": "basic", "name": "layer1", "filters": 4}, *HEAD], {"basic": BASIC})
     again = spec_from_data(json.loads(_metadata(doc)["cnnspec.spec"]))
