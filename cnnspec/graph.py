@@ -317,28 +317,29 @@ def _substitute(value: Any, values: dict[str, Any], unknown: list[str]) -> Any:
 
 
 def expanded_size(spec: Spec) -> int:
-    """How many layers the spec expands to, counted on the block definitions (nothing is built): a block
-    bomb (nested repeats) is refused before any work. Values given as `$param` count once."""
+    """How many layers the spec expands to, counted on the block definitions with each use's parameter values
+    (nothing is built), so a block bomb (nested repeats, also through `repeat: $n`) is refused before any work.
+    The count stops as soon as it passes the cap; every item adds at least 1, so it stays cheap."""
     blocks = spec.blocks or {}
-    memo: dict[str, int] = {}
 
-    def size_of(items: list[Any], stack: tuple[str, ...]) -> int:
+    def size_of(items: list[Any], values: dict[str, Any], stack: tuple[str, ...]) -> int:
         total = 0
         for item in items:
-            block = item.get("block") if isinstance(item, dict) else getattr(item, "block", None)
-            if not isinstance(block, str) or block not in blocks or block in stack:
+            raw = item if isinstance(item, dict) else item.model_dump(exclude_unset=True)
+            block = raw.get("block")
+            if not isinstance(block, str) or block not in blocks or block in stack or len(stack) >= MAX_DEPTH:
                 total += 1
                 continue
-            repeat = item.get("repeat", 1) if isinstance(item, dict) else item.repeat
+            args = _substitute({k: v for k, v in raw.items() if k not in USE_KEYS}, values, [])
+            repeat = _substitute(raw.get("repeat", 1), values, [])
             repeat = repeat if isinstance(repeat, int) and not isinstance(repeat, bool) and repeat > 0 else 1
-            if block not in memo:
-                memo[block] = size_of(blocks[block].layers, (*stack, block))
-            total += repeat * memo[block]
+            inner = {**blocks[block].defaults, **args}
+            total += repeat * size_of(blocks[block].layers, inner, (*stack, block))
             if total > MAX_NODES:
                 return total
         return total
 
-    return size_of(list(spec.layers), ())
+    return size_of(list(spec.layers), {}, ())
 
 
 def build_graph(spec: Spec) -> tuple[Graph, list[Issue]]:
