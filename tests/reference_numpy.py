@@ -270,8 +270,8 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         return bilinear_upsample(x, sh, sw)
     if kind == "Cropping2D":
         c = layer.get("cropping", 0)
-        (top, bottom), (left, right) = ((c, c), (c, c)) if isinstance(c, int) else (
-            ((c[0], c[0]), (c[1], c[1])) if isinstance(c[0], int) else c
+        (top, bottom), (left, right) = (
+            ((c, c), (c, c)) if isinstance(c, int) else (((c[0], c[0]), (c[1], c[1])) if isinstance(c[0], int) else c)
         )
         return np.asarray(x, np.float64)[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
     if kind == "Reshape":

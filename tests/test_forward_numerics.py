@@ -25,8 +25,10 @@ from cnnspec.shapes import hwc_to_chw
 from cnnspec.spec import normalized, spec_from_data
 
 RTOL = 1e-5
-ACTIVATIONS = ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", None, "relu6",
-               "hard_sigmoid", "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu", "exponential"]  # fmt: skip
+ACTIVATIONS = [
+    "relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", None, "relu6", "hard_sigmoid",
+    "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu", "exponential",
+]  # fmt: skip
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, scale: float | None = None) -> None:

@@ -129,12 +129,18 @@ CASES |= {  # reshaping layers and the activation layers (issue 12)
     "reshape-changes-channels": [FIRST, {"type": "Reshape", "target_shape": [7, 12, 2]}, conv(), *HEAD],
     "reshape-image-to-flat-hwc": [FIRST, {"type": "Reshape", "target_shape": [-1]}, {"type": "Dense", "units": 3}],
     "reshape-flat-to-image": [
-        FIRST, *dense_head("tanh")[:2], {"type": "Reshape", "target_shape": [1, 5, 1]}, conv(kernel_size=[1, 2]),
+        FIRST,
+        *dense_head("tanh")[:2],
+        {"type": "Reshape", "target_shape": [1, 5, 1]},
+        conv(kernel_size=[1, 2]),
         *HEAD,
     ],  # fmt: skip
     "reshape-gate": [
-        FIRST, {"type": "GlobalAveragePooling2D"}, {"type": "Reshape", "target_shape": [1, 1, 4]},
-        {"type": "Conv2D", "filters": 3, "kernel_size": 1}, {"type": "Reshape", "target_shape": [3]},
+        FIRST,
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Reshape", "target_shape": [1, 1, 4]},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 1},
+        {"type": "Reshape", "target_shape": [3]},
     ],  # fmt: skip
     "identity": [FIRST, {"type": "Identity"}, *HEAD],
     "rescaling": [FIRST, {"type": "Rescaling", "scale": -1.5, "offset": 0.3}, *HEAD],
@@ -147,7 +153,12 @@ CASES |= {  # reshaping layers and the activation layers (issue 12)
     "prelu-per-value": [FIRST, {"type": "PReLU"}, *HEAD],
     "prelu-per-channel": [FIRST, {"type": "PReLU", "shared_axes": [1, 2]}, *HEAD],
     "prelu-shared-width": [FIRST, {"type": "PReLU", "shared_axes": 2, "alpha_initializer": "ones"}, *HEAD],
-    "prelu-flat-shared": [FIRST, {"type": "Flatten"}, {"type": "PReLU", "shared_axes": [1]}, {"type": "Dense", "units": 3}],
+    "prelu-flat-shared": [
+        FIRST,
+        {"type": "Flatten"},
+        {"type": "PReLU", "shared_axes": [1]},
+        {"type": "Dense", "units": 3},
+    ],
     "elu-layer": [FIRST, {"type": "ELU", "alpha": 0.7}, *HEAD],
     "elu-layer-negative-alpha": [FIRST, {"type": "ELU", "alpha": -0.5}, *HEAD],
     "softmax-layer-channels": [FIRST, {"type": "Softmax"}, *HEAD],

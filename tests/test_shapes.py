@@ -14,7 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnspec.analysis import analyze
-from cnnspec.layers import AveragePooling2D, Conv2D, MaxPooling2D, ShapeError, ZeroPadding2D
+from cnnspec.layers import (
+    AveragePooling2D,
+    Conv2D,
+    Cropping2D,
+    MaxPooling2D,
+    PReLU,
+    Reshape,
+    ShapeError,
+    Softmax,
+    UpSampling2D,
+    ZeroPadding2D,
+)
 from cnnspec.shapes import Window, effective_kernel, hwc_to_chw, numel, window, window_formula
 from cnnspec.spec import spec_from_data
 
@@ -140,6 +151,72 @@ def test_the_failing_axis_is_named() -> None:
         conv(kernel_size=[1, 5]).output_shape((8, 4, 1))
     assert info.value.field == "kernel_size"
     assert "output width would be out = floor((4-5)/1)+1 = 0" in info.value.message
+
+
+# ---- UpSampling2D, Cropping2D, Reshape, PReLU, Softmax (Keras's compute_output_shape) --------------------
+# UpSampling2D: (H·size_h, W·size_w, C); Cropping2D: (H - top - bottom, W - left - right, C), an error when
+# nothing is left; Reshape: target_shape with its one -1 = (number of values) / (product of the others).
+
+RESHAPE_CASES = [  # (layer, input, output)
+    (UpSampling2D(type="UpSampling2D"), (3, 5, 2), (6, 10, 2)),  # Keras's default size 2
+    (UpSampling2D(type="UpSampling2D", size=[1, 3], interpolation="bilinear"), (3, 5, 2), (3, 15, 2)),
+    (UpSampling2D(type="UpSampling2D", size=4), (1, 1, 7), (4, 4, 7)),
+    (Cropping2D(type="Cropping2D"), (4, 4, 1), (4, 4, 1)),  # Keras's default ((0, 0), (0, 0))
+    (Cropping2D(type="Cropping2D", cropping=1), (4, 5, 3), (2, 3, 3)),  # 4-1-1, 5-1-1
+    (Cropping2D(type="Cropping2D", cropping=[2, 0]), (5, 5, 1), (1, 5, 1)),  # symmetric (h, w)
+    (Cropping2D(type="Cropping2D", cropping=[[0, 3], [1, 2]]), (4, 5, 1), (1, 2, 1)),  # 4-0-3, 5-1-2
+    (Reshape(type="Reshape", target_shape=[1, 1, 32]), (32,), (1, 1, 32)),  # EfficientNet's SE gate
+    (Reshape(type="Reshape", target_shape=[-1]), (1, 1, 32), (32,)),
+    (Reshape(type="Reshape", target_shape=[-1, 4, 2]), (4, 4, 3), (6, 4, 2)),  # 48 / (4·2)
+    (Reshape(type="Reshape", target_shape=[2, -1, 3]), (4, 4, 3), (2, 8, 3)),
+    (PReLU(type="PReLU", shared_axes=[1, 2]), (4, 4, 3), (4, 4, 3)),
+    (Softmax(type="Softmax", axis=1), (4, 4, 3), (4, 4, 3)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "out"), RESHAPE_CASES)
+def test_reshaping_output_shapes(layer, shape, out) -> None:
+    assert layer.output_shape(shape) == out
+
+
+def _crop(c) -> Cropping2D:
+    return Cropping2D(type="Cropping2D", cropping=c)
+
+
+def _reshape(target) -> Reshape:
+    return Reshape(type="Reshape", target_shape=target)
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "field", "message"),
+    [
+        (_crop([[2, 2], [0, 0]]), (4, 4, 1), "cropping", "output height would be 4-2-2 = 0"),
+        (_crop([[0, 0], [3, 4]]), (4, 6, 1), "cropping", "output width would be 6-3-4 = -1"),
+        (_reshape([5, 5, 1]), (4, 4, 1), "target_shape", "holds 5*5*1 = 25 values but the input 4x4x1 holds 16"),
+        (_reshape([-1, 5]), (4, 4, 1), "target_shape", "has 2 dimensions"),
+        (_reshape([-1, 3, 3]), (4, 4, 1), "target_shape", "16 is not a multiple of 9"),
+        (_reshape([2, 2, 2, 2]), (16,), "target_shape", "has 4 dimensions"),
+        (PReLU(type="PReLU", shared_axes=[2]), (16,), "shared_axes", "names axis 2"),
+        (Softmax(type="Softmax", axis=2), (16,), "axis", "axis 2 is not an axis of the flat input"),
+        (UpSampling2D(type="UpSampling2D"), (16,), None, "needs an image input"),
+    ],
+)
+def test_reshaping_shape_errors(layer, shape, field, message) -> None:
+    with pytest.raises(ShapeError) as info:
+        layer.output_shape(shape)
+    assert info.value.field == field
+    assert message in info.value.message
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 8), st.integers(0, 40), st.integers(0, 40))
+def test_cropping_matches_keras(h: int, w: int, c: int, top: int, left: int) -> None:
+    layer = Cropping2D(type="Cropping2D", cropping=[[top, 1], [left, 0]])
+    if h - top - 1 >= 1 and w - left >= 1:
+        assert layer.output_shape((h, w, c)) == (h - top - 1, w - left, c)
+    else:
+        with pytest.raises(ShapeError):
+            layer.output_shape((h, w, c))
 
 
 # ---- properties: cnnspec.shapes.window == the formulas above, for any arguments --------------------

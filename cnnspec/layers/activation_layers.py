@@ -94,7 +94,9 @@ class LeakyReLU(Layer):
         """f' = 1 if x > 0 else slope = slope + [x > 0] (1 - slope)   (slope: the attribute's float32 value)."""
         scope, slope = ctx.name, _f32(self.negative_slope)
         mask = _mask(g, "Greater", ctx.saved["x"], g.constant(scope, 0.0), scope)
-        factor = g.op("Add", [g.op("Mul", [mask, g.constant(scope, 1.0 - slope)], scope), g.constant(scope, slope)], scope)
+        factor = g.op(
+            "Add", [g.op("Mul", [mask, g.constant(scope, 1.0 - slope)], scope), g.constant(scope, slope)], scope
+        )
         return g.op("Mul", [dy, factor], scope), {}
 
 
@@ -118,9 +120,7 @@ class PReLU(Layer):
 
     type: Literal["PReLU"]
     alpha_initializer: Initializer = "zeros"
-    shared_axes: Annotated[tuple[int, ...] | None, BeforeValidator(lambda v: v if v is None else _axes_check(v))] = (
-        None
-    )
+    shared_axes: Annotated[tuple[int, ...] | None, BeforeValidator(lambda v: v if v is None else _axes_check(v))] = None
 
     keras_name: ClassVar[str] = "p_re_lu"
 
@@ -174,7 +174,9 @@ class PReLU(Layer):
         if not ctx.needs_input_grad:
             return None, grads
         mask = _mask(g, "Greater", x, g.constant(scope, 0.0), scope)
-        factor = g.op("Add", [alpha, g.op("Mul", [mask, g.op("Sub", [g.constant(scope, 1.0), alpha], scope)], scope)], scope)
+        factor = g.op(
+            "Add", [alpha, g.op("Mul", [mask, g.op("Sub", [g.constant(scope, 1.0), alpha], scope)], scope)], scope
+        )
         return g.op("Mul", [dy, factor], scope), grads
 
 
@@ -204,7 +206,9 @@ class ELU(Layer):
         scope = ctx.name
         below = g.op("Add", [ctx.saved["y"], g.constant(scope, _f32(self.alpha))], scope)
         mask = _mask(g, "Greater", ctx.saved["x"], g.constant(scope, 0.0), scope)
-        slope = g.op("Add", [below, g.op("Mul", [mask, g.op("Sub", [g.constant(scope, 1.0), below], scope)], scope)], scope)
+        slope = g.op(
+            "Add", [below, g.op("Mul", [mask, g.op("Sub", [g.constant(scope, 1.0), below], scope)], scope)], scope
+        )
         return g.op("Mul", [dy, slope], scope), {}
 
 

@@ -161,7 +161,9 @@ def backward_activation(g: GraphBuilder, dy: str, activation: str | None, z: str
     if activation == "mish":
         t = g.op("Tanh", [g.op("Softplus", [z], scope)], scope)
         sech2 = g.op("Sub", [one, g.op("Mul", [t, t], scope)], scope)
-        slope = g.op("Add", [t, g.op("Mul", [z, g.op("Mul", [sech2, g.op("Sigmoid", [z], scope)], scope)], scope)], scope)
+        slope = g.op(
+            "Add", [t, g.op("Mul", [z, g.op("Mul", [sech2, g.op("Sigmoid", [z], scope)], scope)], scope)], scope
+        )
         return g.op("Mul", [dy, slope], scope)
     if activation == "softplus":
         return g.op("Mul", [dy, g.op("Sigmoid", [z], scope)], scope)

@@ -188,11 +188,11 @@ class Reshape(Layer):
                 )
             target[target.index(-1)] = total // known
         elif known != total:
-            written = "x".join(map(str, shape))
+            written = "x".join(map(str, shape)) if len(shape) == 3 else f"flat input {list(shape)}"
             raise ShapeError(
                 "target_shape",
-                f"target_shape {target} holds {'*'.join(map(str, target))} = {known:,} values but the input "
-                f"{written} holds {total:,}",
+                f"target_shape {target} holds {'*'.join(map(str, target))} = {known:,} values but the "
+                f"{'input ' if len(shape) == 3 else ''}{written} holds {total:,}",
                 "sizes whose product equals the input's size (one of them may be -1)",
             )
         return tuple(target)
