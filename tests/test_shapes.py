@@ -297,3 +297,30 @@ def test_receptive_field_of_the_seed_network(specs_dir) -> None:
     rfs = [r.receptive_field[0] for r in analyze(load_spec(specs_dir / "seed.yaml")).layers]
     # conv5: 5; pool2: 5+1 = 6, jump 2; conv5: 6+4*2 = 14; 22; 30; pool2: 30+1*2 = 32, jump 4; then flat.
     assert rfs == [5, 6, 14, 22, 30, 32, 32, 32, 32, 32]
+
+
+@pytest.mark.parametrize(
+    ("shared_axes", "shape", "weight"),
+    [  # Keras's alpha shape (input shape, shared axes set to 1) in NCHW order
+        (None, (4, 5, 3), (3, 4, 5)),  # Keras's default: one slope per value
+        ([1, 2], (4, 5, 3), (3, 1, 1)),  # one per channel (PyTorch's per-channel PReLU, as [C, 1, 1])
+        ([1], (4, 5, 3), (3, 1, 5)),
+        ([3], (4, 5, 3), (1, 4, 5)),
+        (None, (16,), (16,)),
+        ([1], (16,), (1,)),
+    ],
+)
+def test_prelu_weight_shape(shared_axes, shape, weight) -> None:
+    layer = PReLU(type="PReLU", shared_axes=shared_axes)
+    assert layer.param_shapes(shape) == {"weight": weight}
+
+
+def test_prelu_initializer_uses_keras_fans() -> None:
+    import numpy as np
+
+    # alpha (1, 1, 64) in Keras: compute_fans -> receptive field 1, fan_in 1, fan_out 64; he_uniform's limit
+    # sqrt(6 / fan_in) = 2.449 (a PyTorch-style fan_in of 64 would give 0.306)
+    layer = PReLU(type="PReLU", shared_axes=[1, 2], alpha_initializer="he_uniform")
+    alpha = layer.init_params((8, 8, 64), np.random.default_rng(0))["weight"]
+    assert alpha.shape == (64, 1, 1) and np.abs(alpha).max() > 1.0 and np.abs(alpha).max() <= np.sqrt(6.0)
+    assert not PReLU(type="PReLU").init_params((2, 2, 3), np.random.default_rng(0))["weight"].any()  # zeros
