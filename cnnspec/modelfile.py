@@ -62,7 +62,8 @@ ALLOWED_OPS = frozenset(
     """Conv MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten Reshape
     Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
     Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
-    Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast""".split()
+    Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast
+    Greater Softsign""".split()
 )
 MAX_NODES = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 29  # 2 GiB of float32: protobuf could not hold more anyway

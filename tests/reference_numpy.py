@@ -138,6 +138,54 @@ def softmax(x, axis: int = 1):
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def hard_sigmoid(x):
+    return np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0
+
+
+def keras_relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """keras.activations.relu (keras/src/activations/activations.py, ReLU.static_call), step by step."""
+    x = np.asarray(x, np.float64)
+    if negative_slope != 0.0:
+        if max_value is None and threshold == 0:
+            return np.where(x >= 0, x, negative_slope * x)
+        negative_part = np.maximum(-x + threshold, 0.0)
+    else:
+        negative_part = 1.0
+    clip_max = max_value is not None
+    if threshold != 0:
+        x = x * (x > threshold)
+    else:
+        x = np.maximum(x, 0.0)
+    if clip_max:
+        x = np.clip(x, 0.0, max_value)
+    if negative_slope != 0.0:
+        x = x - negative_slope * negative_part
+    return x
+
+
+def bilinear_upsample(x, sh: int, sw: int):
+    """tf.image.resize(bilinear, half-pixel centres, no antialias) by integer factors: each output pixel i
+    samples the input at (i + 0.5) / s - 0.5, linearly between neighbours, clamped at the edges (np.interp)."""
+
+    def along(x, axis: int, s: int):
+        size = x.shape[axis]
+        src = (np.arange(size * s) + 0.5) / s - 0.5
+        return np.apply_along_axis(lambda v: np.interp(src, np.arange(size), v), axis, x)
+
+    return along(along(np.asarray(x, np.float64), 2, sh), 3, sw)
+
+
+def keras_reshape(x, target):
+    """Keras's Reshape on the channels-last data: NCHW -> NHWC, reshape, back to NCHW (flat stays flat)."""
+    x = np.asarray(x, np.float64)
+    hwc = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+    y = hwc.reshape(x.shape[0], *target)
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
 def activation(x, name: str | None):
     x = np.asarray(x, np.float64)
     table = {
@@ -151,6 +199,15 @@ def activation(x, name: str | None):
         "elu": lambda: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
         "gelu": lambda: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),  # exact (approximate=False)
         "silu": lambda: x * sigmoid(x),
+        "relu6": lambda: np.minimum(np.maximum(x, 0.0), 6.0),
+        "hard_sigmoid": lambda: hard_sigmoid(x),  # Keras 3: relu6(x + 3) / 6
+        "hard_silu": lambda: x * hard_sigmoid(x),
+        "hard_swish": lambda: x * hard_sigmoid(x),
+        "mish": lambda: x * np.tanh(np.logaddexp(0.0, x)),
+        "softplus": lambda: np.logaddexp(0.0, x),  # log(1 + e^x) without overflow
+        "softsign": lambda: x / (1.0 + np.abs(x)),
+        "selu": lambda: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+        "exponential": lambda: np.exp(x),
     }
     return table[name]()
 
@@ -206,6 +263,38 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         p = layer["padding"]
         (top, bottom), (left, right) = ((p, p), (p, p)) if isinstance(p, int) else p
         return pad_nchw(np.asarray(x, np.float64), (top, bottom, left, right))
+    if kind == "UpSampling2D":
+        sh, sw = _pair(layer.get("size", 2))
+        if layer.get("interpolation", "nearest") == "nearest":
+            return np.repeat(np.repeat(np.asarray(x, np.float64), sh, axis=2), sw, axis=3)
+        return bilinear_upsample(x, sh, sw)
+    if kind == "Cropping2D":
+        c = layer.get("cropping", 0)
+        (top, bottom), (left, right) = (
+            ((c, c), (c, c)) if isinstance(c, int) else (((c[0], c[0]), (c[1], c[1])) if isinstance(c[0], int) else c)
+        )
+        return np.asarray(x, np.float64)[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
+    if kind == "Reshape":
+        return keras_reshape(x, layer["target_shape"])
+    if kind == "Identity":
+        return np.asarray(x, np.float64)
+    if kind == "Rescaling":
+        return np.asarray(x, np.float64) * layer["scale"] + layer.get("offset", 0.0)
+    if kind == "ReLU":
+        return keras_relu(x, layer.get("negative_slope", 0.0), layer.get("max_value"), layer.get("threshold", 0.0))
+    if kind == "LeakyReLU":
+        x = np.asarray(x, np.float64)
+        return np.where(x >= 0, x, layer.get("negative_slope", 0.3) * x)
+    if kind == "PReLU":  # keras: relu(x) - alpha * relu(-x), alpha broadcast per value (NCHW order)
+        x = np.asarray(x, np.float64)
+        alpha = np.asarray(params["weight"], np.float64)
+        return np.maximum(x, 0.0) - alpha[None] * np.maximum(-x, 0.0)
+    if kind == "ELU":
+        x = np.asarray(x, np.float64)
+        return np.where(x > 0, x, layer.get("alpha", 1.0) * np.expm1(np.minimum(x, 0.0)))
+    if kind == "Softmax":
+        x = np.asarray(x, np.float64)
+        return softmax(x, axis=keras_axis_to_nchw(layer.get("axis", -1), x.ndim))
     raise ValueError(f"no reference for layer kind {kind!r}")
 
 

@@ -86,3 +86,89 @@ def test_iobinding_equals_plain_run(model_path):
     x = np.random.default_rng(0).integers(0, 256, (8, 1, 28, 28)).astype(np.float32)
     plain = clf.session.run(["output"], {"input": x})[0]
     np.testing.assert_allclose(clf.scores(x), plain, atol=1e-6)
+
+
+# ---- every layer kind and activation on CUDA: forward and gradients equal the CPU's --------------------------
+
+_CONV = {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "tanh"}
+_HEAD = [{"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 3, "activation": "softmax"}]
+KIND_CASES = {  # issue 12's reshaping and activation layers, and the activation strings
+    "upsampling-nearest": [_CONV, {"type": "UpSampling2D", "size": [2, 3]}, *_HEAD],
+    "upsampling-bilinear": [_CONV, {"type": "UpSampling2D", "interpolation": "bilinear"}, _CONV, *_HEAD],
+    "cropping": [_CONV, {"type": "Cropping2D", "cropping": [[1, 2], [0, 3]]}, _CONV, *_HEAD],
+    "reshape": [
+        _CONV,
+        {"type": "Reshape", "target_shape": [-1, 16, 2]},
+        _CONV,
+        {"type": "Reshape", "target_shape": [-1]},
+        {"type": "Dense", "units": 3},
+    ],  # fmt: skip
+    "reshape-gate": [
+        _CONV,
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Reshape", "target_shape": [1, 1, 4]},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 1},
+        {"type": "Reshape", "target_shape": [3]},
+        {"type": "Softmax"},
+    ],  # fmt: skip
+    "identity-rescaling": [_CONV, {"type": "Identity"}, {"type": "Rescaling", "scale": 2.0, "offset": -0.5}, *_HEAD],
+    "relu-layers": [
+        _CONV,
+        {"type": "ReLU", "max_value": 1.0, "negative_slope": 0.1, "threshold": 0.2},
+        {"type": "LeakyReLU"},
+        {"type": "ReLU", "max_value": 6},
+        *_HEAD,
+    ],  # fmt: skip
+    "prelu": [
+        _CONV,
+        {"type": "PReLU", "alpha_initializer": "he_normal"},
+        _CONV,
+        {"type": "PReLU", "shared_axes": [1, 2], "alpha_initializer": "ones"},
+        *_HEAD,
+    ],  # fmt: skip
+    "elu-softmax-layers": [_CONV, {"type": "ELU", "alpha": 0.5}, {"type": "Softmax", "axis": 1}, *_HEAD],
+}
+for _act in ["relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu", "exponential"]:
+    KIND_CASES[f"activation-{_act}"] = [{**_CONV, "activation": _act}, *_HEAD]
+
+
+def _kind_spec(name: str):
+    return spec_from_data({"name": name, "input": {"shape": [12, 10, 3]}, "preprocess": {"scale": 1 / 255},
+                           "layers": KIND_CASES[name]})  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(KIND_CASES))
+def test_layer_kinds_forward_on_cuda_equals_cpu(name, tmp_path):
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(model_bytes(compile_spec(_kind_spec(name), seed=1)))
+    x = np.random.default_rng(0).integers(0, 256, (16, 3, 12, 10)).astype(np.float32)
+    cpu = Classifier(str(path), device="cpu").scores(x)
+    gpu = Classifier(str(path), device="cuda").scores(x)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(KIND_CASES))
+def test_layer_kinds_gradients_on_cuda_equal_cpu(name):
+    import onnxruntime as ort
+
+    from cnnspec.analysis import check
+    from cnnspec.compiler import initial_params
+    from cnnspec.training.optimizers import Optimizer
+    from cnnspec.training.program import INPUT, LABELS, build_train_step
+
+    spec = _kind_spec(name)
+    report = check(spec)
+    rng = np.random.default_rng(1)
+    feeds = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+             for k, v in initial_params(spec, report, seed=1).items()}  # fmt: skip
+    feeds[INPUT] = rng.integers(0, 256, (8, 3, 12, 10)).astype(np.float32)
+    feeds[LABELS] = rng.integers(0, 3, 8).astype(np.int64)
+    results = {}
+    for device, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", [CUDA, "CPUExecutionProvider"])):
+        program = build_train_step(spec, report, Optimizer(), gradients_only=True, device=device)
+        session = ort.InferenceSession(program.model.SerializeToString(), providers=providers)
+        names = [o.name for o in session.get_outputs()]
+        results[device] = dict(zip(names, session.run(None, feeds), strict=True))
+    for key, want in results["cpu"].items():
+        got = results["cuda"][key]
+        np.testing.assert_allclose(got, want, atol=1e-4 * (np.abs(want).max() + 1e-3), rtol=1e-3, err_msg=key)

@@ -25,7 +25,10 @@ from cnnspec.shapes import hwc_to_chw
 from cnnspec.spec import normalized, spec_from_data
 
 RTOL = 1e-5
-ACTIVATIONS = ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", None]
+ACTIVATIONS = [
+    "relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", None, "relu6", "hard_sigmoid",
+    "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu", "exponential",
+]  # fmt: skip
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, scale: float | None = None) -> None:
@@ -201,6 +204,129 @@ def test_gelu_is_exact_below_and_from_opset_20(opset) -> None:
     for node in model.graph.node:
         if node.op_type == "Gelu":
             assert {a.name: a.s for a in node.attribute} == {"approximate": b"none"}
+
+
+@pytest.mark.parametrize(
+    ("activation", "x", "expected"),
+    [  # Keras 3's values, by hand
+        ("hard_sigmoid", [-4.0, -3.0, 0.0, 1.5, 3.0], [0.0, 0.0, 0.5, 0.75, 1.0]),  # clip(x/6 + 1/2, 0, 1), not 0.2x
+        ("hard_silu", [-4.0, -1.5, 1.5, 4.0], [0.0, -0.375, 1.125, 4.0]),
+        ("relu6", [-1.0, 3.0, 7.0], [0.0, 3.0, 6.0]),
+        ("softsign", [-3.0, 1.0], [-0.75, 0.5]),
+        ("selu", [1.0, -1.0], [1.0507009873554805, -1.1113307378125625]),  # scale · alpha (e^-1 - 1)
+    ],
+)
+def test_activation_values_are_keras_3s(activation, x, expected) -> None:
+    data = net([1, 1, len(x)], {"type": "Activation", "activation": activation})
+    spec = spec_from_data(data)
+    out = run(build_inference_model(spec, check(spec), {}), np.asarray(x, np.float32).reshape(1, -1, 1, 1))
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6, atol=1e-7)
+
+
+# ---- UpSampling2D, Cropping2D, Reshape, Identity, Rescaling ---------------------------------------------
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size", [2, [1, 3], [3, 2], 1])
+def test_upsampling(interpolation, size) -> None:
+    compare(net([3, 4, 2], {"type": "UpSampling2D", "size": size, "interpolation": interpolation}))
+    compare(net([1, 1, 2], {"type": "UpSampling2D", "size": size, "interpolation": interpolation}))
+
+
+def test_upsampling_values_are_keras_resize() -> None:
+    # tf.image.resize([[1, 2]], [2, 4], 'bilinear') (half-pixel centres): rows 1, 1.25, 1.75, 2; nearest repeats
+    for interpolation, expected in (("bilinear", [1.0, 1.25, 1.75, 2.0]), ("nearest", [1.0, 1.0, 2.0, 2.0])):
+        spec = spec_from_data(net([1, 2, 1], {"type": "UpSampling2D", "interpolation": interpolation}))
+        out = run(build_inference_model(spec, check(spec), {}), np.array([[[[1.0, 2.0]]]], np.float32))
+        np.testing.assert_allclose(out.reshape(2, 4), [expected, expected], rtol=1e-7)
+
+
+@pytest.mark.parametrize("cropping", [0, 1, [1, 0], [[0, 2], [1, 1]], [[2, 0], [0, 3]]])
+def test_cropping(cropping) -> None:
+    compare(net([5, 6, 2], {"type": "Cropping2D", "cropping": cropping}))
+
+
+@pytest.mark.parametrize(
+    ("shape", "target"),
+    [
+        ([3, 4, 2], [-1]),  # image -> flat: Keras's HWC order (a Transpose first)
+        ([3, 4, 2], [6, 2, 2]),  # only H, W change: a plain Reshape in NCHW
+        ([3, 4, 2], [4, 3, 2]),
+        ([3, 4, 2], [2, 3, 4]),  # the channels change: through NHWC
+        ([3, 4, 1], [2, 6, 1]),
+        ([1, 1, 6], [6]),
+        ([1, 1, 6], [2, 3, 1]),
+    ],
+)
+def test_reshape_keeps_keras_order(shape, target) -> None:
+    compare(net(shape, {"type": "Reshape", "target_shape": target}, {"type": "Flatten"}))
+
+
+@pytest.mark.parametrize("target", [[1, 1, 6], [2, 3, 1], [1, 2, 3], [-1, 3, 2], [6]])
+def test_reshape_from_flat(target) -> None:
+    flat = {"type": "Dense", "units": 6}
+    compare(net([2, 2, 1], {"type": "Flatten"}, flat, {"type": "Reshape", "target_shape": target}, {"type": "Flatten"}))
+
+
+def test_reshape_to_flat_is_hwc_order_unlike_flatten() -> None:
+    spec = spec_from_data(net([2, 3, 4], {"type": "Reshape", "target_shape": [-1]}))
+    x = np.arange(24, dtype=np.float32).reshape(1, 4, 2, 3)
+    out = run(build_inference_model(spec, check(spec), {}), x)
+    np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1).reshape(1, -1))
+
+
+def test_identity_and_rescaling() -> None:
+    compare(net([3, 3, 2], {"type": "Identity"}, {"type": "Rescaling", "scale": 1 / 127.5, "offset": -1}),
+            low=0.0, high=255.0)  # fmt: skip
+    compare(net([3, 3, 2], {"type": "Rescaling", "scale": -2.0}))
+
+
+# ---- activation layers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "relu",
+    [
+        {},
+        {"max_value": 6},
+        {"max_value": 1.5},
+        {"negative_slope": 0.1},
+        {"threshold": 0.5},
+        {"max_value": 2.0, "negative_slope": 0.2, "threshold": 0.5},
+        {"negative_slope": 0.3, "threshold": 1.0},
+        {"max_value": 0.5, "threshold": 1.0},  # max_value below the threshold
+        {"max_value": 6.0, "negative_slope": 0.25},
+    ],
+)
+def test_relu_layer(relu) -> None:
+    compare(net([4, 3, 2], {"type": "ReLU", **relu}), low=-4.0, high=8.0)
+
+
+@pytest.mark.parametrize("slope", [None, 0.01, 0.0, 1.5])
+def test_leaky_relu_layer(slope) -> None:
+    layer = {"type": "LeakyReLU"} | ({"negative_slope": slope} if slope is not None else {})
+    compare(net([4, 3, 2], layer))
+
+
+@pytest.mark.parametrize("shared_axes", [None, [1, 2], [1], 3, [1, 2, 3]])
+def test_prelu_layer(shared_axes) -> None:
+    layer = {"type": "PReLU", "alpha_initializer": "he_normal"} | ({"shared_axes": shared_axes} if shared_axes else {})
+    compare(net([4, 3, 2], layer))
+    compare(net([2, 2, 2], {"type": "Flatten"}, {"type": "PReLU"} | ({"shared_axes": [1]} if shared_axes else {})))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3, -0.5])
+def test_elu_layer(alpha) -> None:
+    compare(net([4, 3, 2], {"type": "ELU", "alpha": alpha}), low=-6.0, high=6.0)
+
+
+@pytest.mark.parametrize("axis", [-1, 3, 1, 2, -2, -3])
+def test_softmax_layer(axis) -> None:
+    compare(net([4, 3, 2], {"type": "Softmax", "axis": axis}), low=-6.0, high=6.0)
+
+
+def test_softmax_layer_on_units() -> None:
+    compare(net([2, 2, 1], {"type": "Flatten"}, {"type": "Dense", "units": 4}, {"type": "Softmax"}))
 
 
 # ---- preprocessing ------------------------------------------------------------------------------------

@@ -119,7 +119,57 @@ CASES = {
     "softmax-last-fused": [FIRST, {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}],
     "softmax-activation-last": [FIRST, *HEAD, {"type": "Activation", "activation": "softmax"}],
 }
-for act in ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu"]:
+CASES |= {  # reshaping layers and the activation layers (issue 12)
+    "upsampling-nearest": [FIRST, {"type": "UpSampling2D", "size": [2, 3]}, *HEAD],
+    "upsampling-bilinear": [FIRST, {"type": "UpSampling2D", "size": [3, 2], "interpolation": "bilinear"}, *HEAD],
+    "upsampling-bilinear-2": [FIRST, {"type": "UpSampling2D", "interpolation": "bilinear"}, conv(strides=2), *HEAD],
+    "cropping": [FIRST, {"type": "Cropping2D", "cropping": [[1, 2], [0, 3]]}, *HEAD],
+    "cropping-symmetric": [FIRST, {"type": "Cropping2D", "cropping": [2, 1]}, conv(kernel_size=2), *HEAD],
+    "reshape-keeps-channels": [FIRST, {"type": "Reshape", "target_shape": [14, 3, 4]}, conv(), *HEAD],
+    "reshape-changes-channels": [FIRST, {"type": "Reshape", "target_shape": [7, 12, 2]}, conv(), *HEAD],
+    "reshape-image-to-flat-hwc": [FIRST, {"type": "Reshape", "target_shape": [-1]}, {"type": "Dense", "units": 3}],
+    "reshape-flat-to-image": [
+        FIRST,
+        *dense_head("tanh")[:2],
+        {"type": "Reshape", "target_shape": [1, 5, 1]},
+        conv(kernel_size=[1, 2]),
+        *HEAD,
+    ],  # fmt: skip
+    "reshape-gate": [
+        FIRST,
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Reshape", "target_shape": [1, 1, 4]},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 1},
+        {"type": "Reshape", "target_shape": [3]},
+    ],  # fmt: skip
+    "identity": [FIRST, {"type": "Identity"}, *HEAD],
+    "rescaling": [FIRST, {"type": "Rescaling", "scale": -1.5, "offset": 0.3}, *HEAD],
+    "relu-layer": [FIRST, {"type": "ReLU"}, *HEAD],
+    "relu-layer-leaky": [FIRST, {"type": "ReLU", "negative_slope": 0.15}, *HEAD],
+    "relu-layer-max6": [FIRST, {"type": "Rescaling", "scale": 8.0}, {"type": "ReLU", "max_value": 6}, *HEAD],
+    "relu-layer-all": [FIRST, {"type": "ReLU", "max_value": 0.5, "negative_slope": 0.2, "threshold": 0.1}, *HEAD],
+    "relu-layer-threshold": [FIRST, {"type": "ReLU", "threshold": 0.2}, *HEAD],
+    "leaky-relu-layer": [FIRST, {"type": "LeakyReLU"}, *HEAD],
+    "prelu-per-value": [FIRST, {"type": "PReLU"}, *HEAD],
+    "prelu-per-channel": [FIRST, {"type": "PReLU", "shared_axes": [1, 2]}, *HEAD],
+    "prelu-shared-width": [FIRST, {"type": "PReLU", "shared_axes": 2, "alpha_initializer": "ones"}, *HEAD],
+    "prelu-flat-shared": [
+        FIRST,
+        {"type": "Flatten"},
+        {"type": "PReLU", "shared_axes": [1]},
+        {"type": "Dense", "units": 3},
+    ],
+    "elu-layer": [FIRST, {"type": "ELU", "alpha": 0.7}, *HEAD],
+    "elu-layer-negative-alpha": [FIRST, {"type": "ELU", "alpha": -0.5}, *HEAD],
+    "softmax-layer-channels": [FIRST, {"type": "Softmax"}, *HEAD],
+    "softmax-layer-height": [FIRST, {"type": "Softmax", "axis": 1}, *HEAD],
+    "softmax-layer-width": [FIRST, {"type": "Softmax", "axis": -2}, *HEAD],
+    "softmax-layer-flat-middle": [FIRST, *dense_head(None)[:2], {"type": "Softmax"}, {"type": "Dense", "units": 3}],
+    "softmax-last-layer-fused": [FIRST, *HEAD, {"type": "Softmax"}],
+}
+NEW_ACTIVATIONS = ["relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu",
+                   "exponential"]  # fmt: skip
+for act in ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", *NEW_ACTIVATIONS]:
     CASES[f"dense-{act}"] = [FIRST, *dense_head(act)]
     CASES[f"conv-{act}"] = [FIRST, conv(activation=act, padding="same"), *HEAD]
 

@@ -111,6 +111,47 @@ def test_the_graph_given_to_ort_training_computes_the_compiled_model():
     np.testing.assert_allclose(probabilities, run(build_inference_model(spec, report, params)), rtol=1e-5, atol=1e-7)
 
 
+REWRITTEN = {
+    "name": "rewritten",
+    "input": {"shape": [7, 6, 2]},
+    "layers": [
+        {"type": "Conv2D", "filters": 4, "kernel_size": 2, "activation": "selu"},
+        {"type": "PReLU", "alpha_initializer": {"type": "random_uniform", "minval": -0.5, "maxval": 0.5}},
+        {"type": "ELU", "alpha": 0.5},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "hard_sigmoid"},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "hard_silu"},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "softplus"},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "softsign"},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "mish"},
+        {"type": "UpSampling2D", "interpolation": "bilinear"},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 4},
+        {"type": "Softmax"},
+    ],
+}
+
+
+def test_the_rewritten_ops_compute_the_compiled_model():
+    """Selu, PRelu, Elu(alpha), HardSigmoid, HardSwish, Softplus, Softsign rebuilt from Relu/Exp/Log/Mul/Div and a
+    last Softmax layer left to the loss: softmax(its logits) equals the compiled model's output."""
+    spec = spec_from_data(REWRITTEN)
+    report = check(spec)
+    params = initial_params(spec, report, 4)
+    x = np.random.default_rng(5).uniform(0, 255, (5, 2, 7, 6)).astype(np.float32)
+
+    def run(model):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+
+    graph = ort_artifacts.training_graph(spec, report, params)
+    rewritten = {"Selu", "PRelu", "Elu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Softmax"}
+    assert not rewritten & {n.op_type for n in graph.graph.node}
+    logits = run(graph)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, run(build_inference_model(spec, report, params)), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
 def test_learning_rate_schedule_is_the_native_loops(schedule):
     from cnnspec.spec import Training

@@ -283,6 +283,27 @@ def test_model_prechecks(tmp_path, edit, match):
         check_runnable(model, "m.onnx")
 
 
+def test_every_layer_kind_and_activation_compiles_to_allowed_ops():
+    """`cnnspec run` pre-checks models against an operator allowlist: cnnspec's own models always pass it."""
+    from cnnspec.compiler import compile_spec
+    from cnnspec.layers.base import Activation
+    from cnnspec.spec import spec_from_data
+
+    conv = {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"}
+    layers = [
+        {"type": "UpSampling2D"}, {"type": "UpSampling2D", "interpolation": "bilinear"},
+        {"type": "Cropping2D", "cropping": 1}, {"type": "Reshape", "target_shape": [-1, 4, 2]},
+        {"type": "Identity"}, {"type": "Rescaling", "scale": 0.5, "offset": 1}, {"type": "ReLU"},
+        {"type": "ReLU", "max_value": 6}, {"type": "ReLU", "negative_slope": 0.1},
+        {"type": "ReLU", "max_value": 1, "negative_slope": 0.1, "threshold": 0.5}, {"type": "LeakyReLU"},
+        {"type": "PReLU"}, {"type": "ELU"}, {"type": "Softmax", "axis": 1},
+    ]  # fmt: skip
+    layers += [conv | {"activation": name} for name in Activation.__args__]
+    layers += [{"type": "Reshape", "target_shape": [-1]}, {"type": "Dense", "units": 3}, {"type": "Softmax"}]
+    spec = spec_from_data({"name": "all", "input": {"shape": [4, 4, 2]}, "layers": layers})
+    check_runnable(compile_spec(spec), "all.onnx")
+
+
 def test_sparse_initializer_refused(tmp_path):
     model = mutated(tmp_path, lambda m: m.graph.sparse_initializer.add())
     with pytest.raises(ModelError, match="sparse initializers are not supported"):

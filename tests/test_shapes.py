@@ -14,7 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnspec.analysis import analyze
-from cnnspec.layers import AveragePooling2D, Conv2D, MaxPooling2D, ShapeError, ZeroPadding2D
+from cnnspec.layers import (
+    AveragePooling2D,
+    Conv2D,
+    Cropping2D,
+    MaxPooling2D,
+    PReLU,
+    Reshape,
+    ShapeError,
+    Softmax,
+    UpSampling2D,
+    ZeroPadding2D,
+)
 from cnnspec.shapes import Window, effective_kernel, hwc_to_chw, numel, window, window_formula
 from cnnspec.spec import spec_from_data
 
@@ -142,6 +153,72 @@ def test_the_failing_axis_is_named() -> None:
     assert "output width would be out = floor((4-5)/1)+1 = 0" in info.value.message
 
 
+# ---- UpSampling2D, Cropping2D, Reshape, PReLU, Softmax (Keras's compute_output_shape) --------------------
+# UpSampling2D: (H·size_h, W·size_w, C); Cropping2D: (H - top - bottom, W - left - right, C), an error when
+# nothing is left; Reshape: target_shape with its one -1 = (number of values) / (product of the others).
+
+RESHAPE_CASES = [  # (layer, input, output)
+    (UpSampling2D(type="UpSampling2D"), (3, 5, 2), (6, 10, 2)),  # Keras's default size 2
+    (UpSampling2D(type="UpSampling2D", size=[1, 3], interpolation="bilinear"), (3, 5, 2), (3, 15, 2)),
+    (UpSampling2D(type="UpSampling2D", size=4), (1, 1, 7), (4, 4, 7)),
+    (Cropping2D(type="Cropping2D"), (4, 4, 1), (4, 4, 1)),  # Keras's default ((0, 0), (0, 0))
+    (Cropping2D(type="Cropping2D", cropping=1), (4, 5, 3), (2, 3, 3)),  # 4-1-1, 5-1-1
+    (Cropping2D(type="Cropping2D", cropping=[2, 0]), (5, 5, 1), (1, 5, 1)),  # symmetric (h, w)
+    (Cropping2D(type="Cropping2D", cropping=[[0, 3], [1, 2]]), (4, 5, 1), (1, 2, 1)),  # 4-0-3, 5-1-2
+    (Reshape(type="Reshape", target_shape=[1, 1, 32]), (32,), (1, 1, 32)),  # EfficientNet's SE gate
+    (Reshape(type="Reshape", target_shape=[-1]), (1, 1, 32), (32,)),
+    (Reshape(type="Reshape", target_shape=[-1, 4, 2]), (4, 4, 3), (6, 4, 2)),  # 48 / (4·2)
+    (Reshape(type="Reshape", target_shape=[2, -1, 3]), (4, 4, 3), (2, 8, 3)),
+    (PReLU(type="PReLU", shared_axes=[1, 2]), (4, 4, 3), (4, 4, 3)),
+    (Softmax(type="Softmax", axis=1), (4, 4, 3), (4, 4, 3)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "out"), RESHAPE_CASES)
+def test_reshaping_output_shapes(layer, shape, out) -> None:
+    assert layer.output_shape(shape) == out
+
+
+def _crop(c) -> Cropping2D:
+    return Cropping2D(type="Cropping2D", cropping=c)
+
+
+def _reshape(target) -> Reshape:
+    return Reshape(type="Reshape", target_shape=target)
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "field", "message"),
+    [
+        (_crop([[2, 2], [0, 0]]), (4, 4, 1), "cropping", "output height would be 4-2-2 = 0"),
+        (_crop([[0, 0], [3, 4]]), (4, 6, 1), "cropping", "output width would be 6-3-4 = -1"),
+        (_reshape([5, 5, 1]), (4, 4, 1), "target_shape", "holds 5*5*1 = 25 values but the input 4x4x1 holds 16"),
+        (_reshape([-1, 5]), (4, 4, 1), "target_shape", "has 2 dimensions"),
+        (_reshape([-1, 3, 3]), (4, 4, 1), "target_shape", "16 is not a multiple of 9"),
+        (_reshape([2, 2, 2, 2]), (16,), "target_shape", "has 4 dimensions"),
+        (PReLU(type="PReLU", shared_axes=[2]), (16,), "shared_axes", "names axis 2"),
+        (Softmax(type="Softmax", axis=2), (16,), "axis", "axis 2 is not an axis of the flat input"),
+        (UpSampling2D(type="UpSampling2D"), (16,), None, "needs an image input"),
+    ],
+)
+def test_reshaping_shape_errors(layer, shape, field, message) -> None:
+    with pytest.raises(ShapeError) as info:
+        layer.output_shape(shape)
+    assert info.value.field == field
+    assert message in info.value.message
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 8), st.integers(0, 40), st.integers(0, 40))
+def test_cropping_matches_keras(h: int, w: int, c: int, top: int, left: int) -> None:
+    layer = Cropping2D(type="Cropping2D", cropping=[[top, 1], [left, 0]])
+    if h - top - 1 >= 1 and w - left >= 1:
+        assert layer.output_shape((h, w, c)) == (h - top - 1, w - left, c)
+    else:
+        with pytest.raises(ShapeError):
+            layer.output_shape((h, w, c))
+
+
 # ---- properties: cnnspec.shapes.window == the formulas above, for any arguments --------------------
 
 sizes, kernels, strides, dilations = st.integers(1, 300), st.integers(1, 15), st.integers(1, 6), st.integers(1, 5)
@@ -220,3 +297,30 @@ def test_receptive_field_of_the_seed_network(specs_dir) -> None:
     rfs = [r.receptive_field[0] for r in analyze(load_spec(specs_dir / "seed.yaml")).layers]
     # conv5: 5; pool2: 5+1 = 6, jump 2; conv5: 6+4*2 = 14; 22; 30; pool2: 30+1*2 = 32, jump 4; then flat.
     assert rfs == [5, 6, 14, 22, 30, 32, 32, 32, 32, 32]
+
+
+@pytest.mark.parametrize(
+    ("shared_axes", "shape", "weight"),
+    [  # Keras's alpha shape (input shape, shared axes set to 1) in NCHW order
+        (None, (4, 5, 3), (3, 4, 5)),  # Keras's default: one slope per value
+        ([1, 2], (4, 5, 3), (3, 1, 1)),  # one per channel (PyTorch's per-channel PReLU, as [C, 1, 1])
+        ([1], (4, 5, 3), (3, 1, 5)),
+        ([3], (4, 5, 3), (1, 4, 5)),
+        (None, (16,), (16,)),
+        ([1], (16,), (1,)),
+    ],
+)
+def test_prelu_weight_shape(shared_axes, shape, weight) -> None:
+    layer = PReLU(type="PReLU", shared_axes=shared_axes)
+    assert layer.param_shapes(shape) == {"weight": weight}
+
+
+def test_prelu_initializer_uses_keras_fans() -> None:
+    import numpy as np
+
+    # alpha (1, 1, 64) in Keras: compute_fans -> receptive field 1, fan_in 1, fan_out 64; he_uniform's limit
+    # sqrt(6 / fan_in) = 2.449 (a PyTorch-style fan_in of 64 would give 0.306)
+    layer = PReLU(type="PReLU", shared_axes=[1, 2], alpha_initializer="he_uniform")
+    alpha = layer.init_params((8, 8, 64), np.random.default_rng(0))["weight"]
+    assert alpha.shape == (64, 1, 1) and np.abs(alpha).max() > 1.0 and np.abs(alpha).max() <= np.sqrt(6.0)
+    assert not PReLU(type="PReLU").init_params((2, 2, 3), np.random.default_rng(0))["weight"].any()  # zeros

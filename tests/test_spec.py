@@ -51,6 +51,17 @@ KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "Maximum": "maximum",
     "Minimum": "minimum",
     "Concatenate": "concatenate",
+    # keras.src.utils.naming.to_snake_case of the class names: ReLU -> re_lu, PReLU -> p_re_lu
+    "UpSampling2D": "up_sampling2d",
+    "Cropping2D": "cropping2d",
+    "Reshape": "reshape",
+    "Identity": "identity",
+    "Rescaling": "rescaling",
+    "ReLU": "re_lu",
+    "LeakyReLU": "leaky_re_lu",
+    "PReLU": "p_re_lu",
+    "ELU": "elu",
+    "Softmax": "softmax",
 }
 
 

@@ -6,12 +6,14 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
 from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+from .reshaping import Cropping2D, Identity, Rescaling, Reshape, UpSampling2D
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,
@@ -32,6 +34,16 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     Maximum,
     Minimum,
     Concatenate,
+    UpSampling2D,
+    Cropping2D,
+    Reshape,
+    Identity,
+    Rescaling,
+    ReLU,
+    LeakyReLU,
+    PReLU,
+    ELU,
+    Softmax,
 )
 LAYERS_BY_TYPE: dict[str, type[Layer]] = {
     kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS

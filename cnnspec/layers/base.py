@@ -125,7 +125,10 @@ LayerInputs = Annotated[
 ]
 """What a layer reads: one name or a list; 'input' is the model input."""
 
-Activation = Literal["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu"]
+Activation = Literal[
+    "relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu", "gelu", "silu", "relu6", "hard_sigmoid",
+    "hard_silu", "hard_swish", "mish", "softplus", "softsign", "selu", "exponential",
+]  # fmt: skip
 
 
 # ---- shape errors --------------------------------------------------------------------------------

@@ -51,8 +51,10 @@ def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoot
 def logits_of(last: Layer, ctx: Lowering, output: str) -> tuple[str, bool]:
     """The tensor the loss reads and whether it is the last softmax's input (fused gradient).
 
-    NOTE: a last layer without softmax is taken to output logits, as Keras's from_logits=True.
+    NOTE: a last layer without softmax is taken to output logits, as Keras's from_logits=True. A last
+    Softmax layer (over the units: it sets `pre_activation`) counts as a softmax activation.
     """
-    if getattr(last, "activation", None) == "softmax" and ctx.pre_activation is not None:
+    ends_in_softmax = getattr(last, "activation", None) == "softmax" or getattr(last, "type", None) == "Softmax"
+    if ends_in_softmax and ctx.pre_activation is not None:
         return ctx.pre_activation, True
     return output, False

@@ -10,11 +10,13 @@ its own `onnxruntime` module, so it lives in its own environment (SETUP below). 
   submodules from it: the package `__init__` never runs.
 - Artifacts written by a current onnx carry IR version 11+; ORT 1.19.2 loads IR <= 10. Every artifact is
   re-stamped with IR 10 (its opsets and ops need nothing newer), so any onnx >= 1.21 can make them.
-- Its gradient builder crashes (SIGFPE) on AveragePool and has no gradient for GlobalMaxPool, Elu, or
-  BatchNormalization in training mode. The graph given to it lowers the first three differently (see
-  `_lower_layer`) and `unsupported` refuses BatchNormalization before any work. Generating the artifacts and
-  one smoke step run in a child process, so a native crash becomes a clear error, never a dead CLI.
-- Its CrossEntropyLoss reads logits: a final softmax is left out of the graph it differentiates.
+- Its gradient builder crashes (SIGFPE) on AveragePool and has no gradient for GlobalMaxPool, Elu, Selu,
+  PRelu, HardSigmoid, HardSwish, Softplus, Softsign, or BatchNormalization in training mode. The graph given
+  to it lowers the others differently (see `_lower_layer` and `ort_rewrites.py`) and `unsupported` refuses
+  BatchNormalization before any work. Generating the artifacts and one smoke step run in a child process, so a
+  native crash becomes a clear error, never a dead CLI.
+- Its CrossEntropyLoss reads logits: a final softmax (activation or Softmax layer) is left out of the graph
+  it differentiates.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from ..errors import CnnspecError, Issue, SpecError
 from .optimizers import ADAMW_DEFAULT_DECAY
+from .ort_rewrites import rewrite_ops
 
 if TYPE_CHECKING:
     import onnx
@@ -149,9 +152,11 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
     def lower(layer, g, xs: list[str], ctx) -> str:
         if ctx.name == output and getattr(layer, "activation", None) == "softmax":
             layer = layer.model_copy(update={"activation": None})  # NOTE: the loss applies the softmax
+        if ctx.name == output and layer.type == "Softmax":
+            return xs[0]  # NOTE: the loss applies the softmax (a last Softmax layer is over the classes)
         start = len(g.nodes)
         y = _lower_layer(g, layer, xs, ctx, seeds[ctx.name])
-        _rewrite_elu(g, start)
+        rewrite_ops(g, start)
         return y
 
     x = lower_layers(g, report, x, lambda name: name, training=False, lower=lower).output
@@ -210,26 +215,6 @@ def _average_pool_as_conv(g, layer, x: str, ctx) -> str:
     summed = g.op("Conv", [x, ones], ctx.name, kernel_shape=[kh, kw], strides=[sh, sw], group=c,
                   pads=[top, left, bottom, right])  # fmt: skip
     return g.op("Mul", [summed, g.constant(ctx.name, inverse)], ctx.name)
-
-
-def _rewrite_elu(g, start: int) -> None:
-    """Replace Elu (no ORT gradient) by ops that have one: elu(x) = relu(x) + exp(-relu(-x)) - 1.
-
-    exp(-relu(-x)) = exp(min(x, 0)) never overflows; for x > 0 the terms give x + 1 - 1, for x <= 0 exp(x) - 1.
-    """
-    from onnx import helper
-
-    for i in range(len(g.nodes) - 1, start - 1, -1):
-        node = g.nodes[i]
-        if node.op_type != "Elu":
-            continue
-        scope, (x,), (y,) = node.name.rsplit("/", 1)[0], node.input, node.output
-        before, after = g.nodes[:i], g.nodes[i + 1 :]
-        g.nodes = before
-        negative_part = g.op("Neg", [g.op("Relu", [g.op("Neg", [x], scope)], scope)], scope)
-        total = g.op("Add", [g.op("Relu", [x], scope), g.op("Exp", [negative_part], scope)], scope)
-        g.nodes.append(helper.make_node("Sub", [total, g.constant(scope, 1.0)], [y], name=g.unique(f"{scope}/Sub")))
-        g.nodes += after
 
 
 # ---- the four artifacts, made in a child process ----------------------------------------------------------

@@ -82,6 +82,12 @@ UNTRAINABLE_RAW = [
     ([{"type": "AveragePooling2D", "pool_size": 2}], "crashed with SIGFPE"),
     ([{"type": "GlobalMaxPooling2D"}], "no gradient for GlobalMaxPool"),
     ([{"type": "Activation", "activation": "elu"}], "no gradient for Elu"),
+    ([{"type": "PReLU"}], "no gradient for PRelu"),
+    ([{"type": "Activation", "activation": "hard_sigmoid"}], "no gradient for HardSigmoid"),
+    ([{"type": "Activation", "activation": "hard_silu"}], "no gradient for HardSwish"),
+    ([{"type": "Activation", "activation": "softplus"}], "no gradient for Softplus"),
+    ([{"type": "Activation", "activation": "softsign"}], "no gradient for Softsign"),
+    ([{"type": "Activation", "activation": "selu"}], "no gradient for Selu"),
 ]
 
 
@@ -136,3 +142,44 @@ def test_lowered_layers_train_and_evaluate_like_the_compiled_model(tmp_path, ort
     np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-6)
     loss, _ = trainer.step(x, y, 0.05)
     assert np.isfinite(loss)
+
+
+REWRITTEN = make_spec([
+    {"type": "Conv2D", "filters": 4, "kernel_size": 2, "activation": "selu"},
+    {"type": "PReLU", "alpha_initializer": {"type": "random_uniform", "minval": -0.5, "maxval": 0.5}},
+    {"type": "ELU", "alpha": 0.5},
+    {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "hard_sigmoid"},
+    {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "hard_swish"},
+    {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "softplus"},
+    {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "softsign"},
+    {"type": "Conv2D", "filters": 4, "kernel_size": 1, "activation": "mish"},
+    {"type": "UpSampling2D", "interpolation": "bilinear"},
+    {"type": "Flatten"},
+    {"type": "Dense", "units": 4},
+    {"type": "Softmax"},
+])  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # the reference evaluates both branches
+def test_rewritten_ops_evaluate_like_the_compiled_model(tmp_path, ort_training):
+    """Selu, PRelu, Elu with its alpha, HardSigmoid, HardSwish, Softplus, Softsign (in mish too) are rebuilt from
+    Relu/Exp/Log/Mul/Div (no ORT gradient for them); a last Softmax layer is left to the loss. The eval artifact
+    gives the compiled model's probabilities."""
+    _, api = ort_training
+    spec = spec_from_data(REWRITTEN)
+    report = check(spec)
+    params = initial_params(spec, report, 6)
+    graph = ort_artifacts.training_graph(spec, report, params)
+    rewritten = {"Selu", "PRelu", "Elu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Softmax"}
+    assert not rewritten & {n.op_type for n in graph.graph.node}
+    ort_artifacts.generate_artifacts(
+        graph, ort_artifacts.trainable(spec, report), ort_artifacts.OptimizerConfig(), tmp_path
+    )
+    trainer = ort_backend.OrtTrainer(tmp_path, api)
+    x = np.random.default_rng(2).uniform(0, 255, (6, 2, 7, 7)).astype(np.float32)
+    y = np.arange(6) % 4
+    trainer.module.eval()
+    _, logits = trainer.module(x, y)
+    expected = ReferenceEvaluator(build_inference_model(spec, report, params)).run(["output"], {"input": x})[0]
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-6)

@@ -58,7 +58,43 @@ CASES = {
         {"type": "Activation", "activation": "elu"},
         {"type": "Activation", "activation": "softmax"},
     ],  # fmt: skip
+    # issue 12: reshaping and activation layers, activation strings (lowered ones: docs/ort-training.md)
+    "upsampling nearest": [conv(activation="tanh"), {"type": "UpSampling2D", "size": [2, 3]}, FLAT],
+    "upsampling bilinear": [
+        conv(activation="tanh"),
+        {"type": "UpSampling2D", "interpolation": "bilinear"},
+        conv(),
+        FLAT,
+    ],
+    "cropping": [conv(padding="same"), {"type": "Cropping2D", "cropping": [[1, 0], [0, 2]]}, FLAT],
+    "reshape through NHWC and to flat": [
+        conv(),
+        {"type": "Reshape", "target_shape": [2, 16, 2]},
+        conv(kernel_size=2),
+        {"type": "Reshape", "target_shape": [-1]},
+    ],  # fmt: skip
+    "reshape gate": [conv(), {"type": "GlobalAveragePooling2D"}, {"type": "Reshape", "target_shape": [1, 1, 4]}, FLAT],
+    "identity rescaling": [conv(), {"type": "Identity"}, {"type": "Rescaling", "scale": 0.5, "offset": -1.0}, FLAT],
+    "relu layers": [
+        conv(),
+        {"type": "ReLU", "max_value": 1.0, "negative_slope": 0.1, "threshold": 0.05},
+        {"type": "LeakyReLU"},
+        conv(kernel_size=1),
+        {"type": "ReLU", "max_value": 6},
+        {"type": "ReLU", "negative_slope": 0.2},
+        FLAT,
+    ],  # fmt: skip
+    "prelu per value and per channel": [
+        conv(),
+        {"type": "PReLU", "alpha_initializer": {"type": "constant", "value": 0.25}},
+        conv(kernel_size=1),
+        {"type": "PReLU", "shared_axes": [1, 2], "alpha_initializer": "he_normal"},
+        FLAT,
+    ],  # fmt: skip
+    "elu and softmax layers": [conv(), {"type": "ELU", "alpha": 0.5}, {"type": "Softmax", "axis": 1}, FLAT],
 }
+for _act in ["relu6", "hard_sigmoid", "hard_silu", "mish", "softplus", "softsign", "selu", "exponential"]:
+    CASES[f"conv {_act}"] = [conv(activation=_act), FLAT]
 
 
 GRAPH_CASES = {  # graph specs: merges, fan-out, broadcasting, a block with repeat
@@ -134,6 +170,18 @@ def test_last_layer_without_softmax_is_taken_as_logits_by_both():
     params = initial_params(spec, check(spec), seed=1)
     x, y = np.random.default_rng(2).uniform(0, 255, (4, 2, 6, 6)).astype(np.float32), np.array([0, 1, 2, 1])
     assert_same_step(ort_backend.one_step(spec, params, x, y, 0.3), native_one_step(spec, params, x, y, 0.3), params)
+
+
+def test_a_last_softmax_layer_is_the_fused_softmax_for_both():
+    data = tiny_spec([FLAT, {"type": "Dense", "units": 5, "activation": "relu6"}], last_activation=None)
+    spec = spec_from_data(data | {"layers": [*data["layers"], {"type": "Softmax"}]})
+    params = initial_params(spec, check(spec), seed=2)
+    x, y = np.random.default_rng(3).uniform(0, 255, (4, 2, 6, 6)).astype(np.float32), np.array([0, 1, 2, 1])
+    ours = ort_backend.one_step(spec, params, x, y, LEARNING_RATE)
+    assert_same_step(ours, native_one_step(spec, params, x, y, LEARNING_RATE), params)
+    # and the same step as Dense(activation='softmax')
+    fused = spec_from_data(tiny_spec([FLAT, {"type": "Dense", "units": 5, "activation": "relu6"}]))
+    assert_same_step(native_one_step(fused, params, x, y, LEARNING_RATE), ours, params)
 
 
 def test_ort_side_against_a_numpy_sgd_step_of_a_dense_net():
