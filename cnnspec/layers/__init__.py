@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
+from .conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization
@@ -15,6 +16,9 @@ from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,
+    DepthwiseConv2D,
+    SeparableConv2D,
+    Conv2DTranspose,
     MaxPooling2D,
     AveragePooling2D,
     GlobalAveragePooling2D,
