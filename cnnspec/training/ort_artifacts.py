@@ -334,6 +334,9 @@ def _child_error(stderr: str, code: int) -> str:
     missing = re.search(r"has not been registered: (\w+) for node (\S+?)\.?$", last)
     if missing:
         return f"it has no gradient for {missing.group(1)} (node {missing.group(2)})"
+    kernel = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']+)'", last)
+    if kernel:
+        return f"it has no kernel for {kernel.group(1)} (node {kernel.group(2)})"
     return last if len(last) <= 400 else last[:397] + "..."
 
 

@@ -82,6 +82,7 @@ UNTRAINABLE_RAW = [
     ([{"type": "AveragePooling2D", "pool_size": 2}], "crashed with SIGFPE"),
     ([{"type": "GlobalMaxPooling2D"}], "no gradient for GlobalMaxPool"),
     ([{"type": "Activation", "activation": "elu"}], "no gradient for Elu"),
+    ([{"type": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2}], "no kernel for ConvTransposeGrad"),
 ]
 
 
