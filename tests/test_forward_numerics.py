@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import reference_numpy as ref
 from hypothesis import HealthCheck, given, settings
-from strategies import feasible_specs
+from strategies import conv_variant_specs, feasible_specs
 
 from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, model_bytes
@@ -278,3 +278,10 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 @given(feasible_specs())
 def test_random_networks_match_the_reference(data: dict) -> None:
     compare(data, low=0.0, high=255.0 if "preprocess" in data else 1.0, batch=3)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(conv_variant_specs())
+def test_random_conv_variant_stacks_match_the_reference(data: dict) -> None:
+    compare(data, batch=2)
