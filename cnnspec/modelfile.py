@@ -59,7 +59,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 # Left out on purpose: control flow (Loop/If/Scan), ops that allocate from runtime values (ConstantOfShape,
 # Expand, Tile, Range, Resize/Upsample), and anything outside the default domain.
 ALLOWED_OPS = frozenset(
-    """Conv MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten Reshape
+    """Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten Reshape
     Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
     Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
     Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast
@@ -67,7 +67,7 @@ ALLOWED_OPS = frozenset(
 )
 MAX_NODES = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 29  # 2 GiB of float32: protobuf could not hold more anyway
-_WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+_WINDOW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool"})
 _POSITIVE_INTS = ("strides", "dilations", "kernel_shape", "group")
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
@@ -127,6 +127,13 @@ def _check_window_attrs(node: onnx.NodeProto, where: str) -> None:
             raise ModelError(f"{where}: invalid attribute {attr.name}={values} (cnnspec run takes 2-D windows)")
         if attr.name == "pads" and len(values) != 4:
             raise ModelError(f"{where}: invalid attribute pads={values} (4 values for a 2-D window)")
+        if attr.name == "output_shape":  # a ConvTranspose size from the file: cnnspec emits explicit pads instead
+            raise ModelError(f"{where}: ConvTranspose output_shape is not supported by cnnspec run (use pads)")
+    # ConvTranspose's output_padding adds outputs past the last input: fewer than the stride (PyTorch's rule).
+    attrs = {attr.name: list(attr.ints) for attr in node.attribute}
+    extra, strides = attrs.get("output_padding"), attrs.get("strides") or [1, 1]
+    if extra is not None and (len(extra) != 2 or any(not 0 <= e < max(s, 1) for e, s in zip(extra, strides))):
+        raise ModelError(f"{where}: invalid attribute output_padding={extra} (2 values, each ≥ 0 and < the stride)")
 
 
 def _numel(dims) -> int:

@@ -96,6 +96,50 @@ def conv2d(x, weight, bias, strides=(1, 1), dilation=(1, 1), pads: Pads = (0, 0,
     return y
 
 
+def depthwise_conv2d(x, weight, bias, strides, dilation, pads: Pads):
+    """Keras's depthwise kernel K (kh, kw, C, m): y[n, c*m + j] = b + sum_{u,v} K[u, v, c, j] * xpad[n, c, ...].
+    cnnspec stores it as [C*m, 1, kh, kw], i.e. K[u, v, c, j] = weight[c*m + j, 0, u, v]."""
+    x = pad_nchw(np.asarray(x, np.float64), pads)
+    c = x.shape[1]
+    kernel = np.asarray(weight, np.float64).reshape(c, -1, *weight.shape[2:]).transpose(2, 3, 0, 1)  # (kh, kw, C, m)
+    y = 0.0
+    for u, v, view in windows(x, kernel.shape[:2], strides, dilation):
+        y = y + np.einsum("nchw,cm->ncmhw", view, kernel[u, v]).reshape(view.shape[0], -1, *view.shape[2:])
+    return y if bias is None else y + np.asarray(bias, np.float64)[None, :, None, None]
+
+
+def deconv_output_length(size: int, kernel: int, padding: str, output_padding, stride: int, dilation: int) -> int:
+    """Keras's conv_utils.deconv_output_length (the output size of Conv2DTranspose)."""
+    kernel = kernel + (kernel - 1) * (dilation - 1)
+    if output_padding is None:
+        return size * stride + max(kernel - stride, 0) if padding == "valid" else size * stride
+    pad = kernel // 2 if padding == "same" else 0
+    return (size - 1) * stride + kernel - 2 * pad + output_padding
+
+
+def conv2d_transpose(x, weight, bias, kernel, strides, dilation, padding: str, output_padding):
+    """TensorFlow's conv2d_transpose (Keras's TF backend): the gradient of a conv2d whose input has Keras's
+    output size, with TF's pads for that conv ('SAME': total max((in-1)*s + K - out, 0), the odd one at the
+    end): y[n, f, i*s + u*d - top, j*s + v*d - left] += x[n, c, i, j] * weight[c, f, u, v] ([C_in, filters, kh, kw])."""
+    x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
+    n, _, h, w = x.shape
+    ops = (None, None) if output_padding is None else _pair(output_padding)
+    sizes = [deconv_output_length(s_, k, padding, op, st, d) for s_, k, op, st, d in zip((h, w), kernel, ops, strides, dilation)]
+    befores = []
+    for size, out, k, st, d in zip((h, w), sizes, kernel, strides, dilation):
+        extent = (k - 1) * d + 1
+        befores.append(max((size - 1) * st + extent - out, 0) // 2 if padding == "same" else 0)
+    y = np.zeros((n, weight.shape[1], *sizes))
+    for i in range(h):
+        for j in range(w):
+            for u in range(kernel[0]):
+                for v in range(kernel[1]):
+                    p, q = i * strides[0] + u * dilation[0] - befores[0], j * strides[1] + v * dilation[1] - befores[1]
+                    if 0 <= p < sizes[0] and 0 <= q < sizes[1]:
+                        y[:, :, p, q] += x[:, :, i, j] @ weight[:, :, u, v]
+    return y if bias is None else y + np.asarray(bias, np.float64)[None, :, None, None]
+
+
 def max_pool(x, pool, strides, pads: Pads):
     """Maximum over each window; padded cells never win (they are -inf)."""
     x = pad_nchw(np.asarray(x, np.float64), pads, -np.inf)
@@ -237,6 +281,18 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
         pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], k, s, d)
         z = conv2d(x, params["weight"], params.get("bias"), s, d, pads, layer.get("groups", 1))
+        return activation(z, layer.get("activation"))
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
+        k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
+        pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], k, s, d)
+        if kind == "DepthwiseConv2D":
+            return activation(depthwise_conv2d(x, params["weight"], params.get("bias"), s, d, pads), layer.get("activation"))
+        mid = depthwise_conv2d(x, params["depthwise.weight"], None, s, d, pads)
+        return activation(conv2d(mid, params["pointwise.weight"], params.get("bias")), layer.get("activation"))
+    if kind == "Conv2DTranspose":
+        k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
+        z = conv2d_transpose(x, params["weight"], params.get("bias"), k, s, d, layer.get("padding", "valid"),
+                             layer.get("output_padding"))
         return activation(z, layer.get("activation"))
     if kind in ("MaxPooling2D", "AveragePooling2D"):
         pool = _pair(layer.get("pool_size", 2))

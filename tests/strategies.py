@@ -225,3 +225,59 @@ def _name_some(draw, layers: list[dict]) -> None:
     for index, layer in enumerate(layers):
         if draw(st.integers(0, 4)) == 0:
             layer["name"] = draw(st.sampled_from(["L", "block-1", "conv2d_7", "x_9"])) + f"_{index}"
+
+
+@st.composite
+def conv_variant(draw, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    """A DepthwiseConv2D, SeparableConv2D or Conv2DTranspose that fits `shape` (Keras's arithmetic)."""
+    h, w, c = shape
+    kind = draw(st.sampled_from(["DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"]))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    dilate = draw(st.booleans())
+    layer: dict[str, Any] = {"type": kind, "padding": padding}
+    if kind == "Conv2DTranspose":
+        kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        dh, dw = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilate else (1, 1)
+        extra = [draw(st.integers(0, s - 1)) for s in (sh, sw)] if draw(st.booleans()) else None
+
+        def size(n, k, s, d, p):
+            ext = (k - 1) * d + 1
+            if p is None:
+                return n * s + max(ext - s, 0) if padding == "valid" else n * s
+            return (n - 1) * s + ext - 2 * (ext // 2 if padding == "same" else 0) + p
+
+        out = (size(h, kh, sh, dh, extra and extra[0]), size(w, kw, sw, dw, extra and extra[1]))
+        if min(out) < 1 or max(out) > MAX_IMAGE_SIDE:
+            return draw(conv_variant(shape))
+        filters = draw(st.integers(1, 6))
+        layer |= {"filters": filters, "kernel_size": [kh, kw], "strides": [sh, sw], "dilation_rate": [dh, dw]}
+        if extra is not None:
+            layer["output_padding"] = extra
+        return layer, (*out, filters)
+    kh, sh, dh = draw(_window_axis(h, padding, 4, dilate))
+    kw, sw, dw = draw(_window_axis(w, padding, 4, dilate))
+    m = draw(st.integers(1, 3))
+    layer |= {"kernel_size": [kh, kw], "strides": [sh, sw], "dilation_rate": [dh, dw], "depth_multiplier": m}
+    if draw(st.integers(0, 3)) == 0:
+        layer["use_bias"] = False
+    if draw(st.booleans()):
+        layer["activation"] = draw(st.sampled_from(ACTIVATIONS))
+    hw = (out_size(h, kh, sh, dh, padding), out_size(w, kw, sw, dw, padding))
+    if kind == "SeparableConv2D":
+        layer["filters"] = draw(st.integers(1, 6))
+        return layer, (*hw, layer["filters"])
+    return layer, (*hw, c * m)
+
+
+@st.composite
+def conv_variant_specs(draw) -> dict:
+    """An input of at most 12x12x3, one to three conv variants (perhaps after a Conv2D), then Flatten."""
+    shape: tuple[int, ...] = (draw(st.integers(1, 12)), draw(st.integers(1, 12)), draw(st.integers(1, 3)))
+    spec: dict[str, Any] = {"name": "variants", "input": {"shape": list(shape)}}
+    layers = []
+    for _ in range(draw(st.integers(1, 3))):
+        layer, shape = draw(conv_variant(shape))
+        layers.append(layer)
+    spec["layers"] = [*layers, {"type": "Flatten"}]
+    return spec

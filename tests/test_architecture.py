@@ -40,6 +40,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.layers.activations",
             "cnnspec.layers.gradients",
             "cnnspec.layers.conv",
+            "cnnspec.layers.conv_variants",
             "cnnspec.layers.core",
             "cnnspec.layers.merge",
             "cnnspec.layers.normalization",

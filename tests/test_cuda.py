@@ -54,7 +54,22 @@ GRAPH = dict(  # a graph: a residual block, a squeeze-excite gate (broadcasting 
 )
 
 
-@pytest.fixture(scope="module", params=[SPEC, GRAPH], ids=["chain", "graph"])
+CONV_VARIANTS = dict(  # depthwise, separable and transposed convolutions (grouped Conv, ConvTranspose on CUDA)
+    SPEC,
+    name="gpu-conv-variants",
+    layers=[
+        {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 8, "padding": "same", "activation": "relu"},
+        {"type": "SeparableConv2D", "filters": 16, "kernel_size": 3, "strides": 2, "padding": "same"},
+        {"type": "BatchNormalization"},
+        {"type": "Conv2DTranspose", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+        {"type": "Conv2DTranspose", "filters": 8, "kernel_size": 2, "strides": 3, "output_padding": 1},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+    ],
+)
+
+
+@pytest.fixture(scope="module", params=[SPEC, GRAPH, CONV_VARIANTS], ids=["chain", "graph", "conv-variants"])
 def model_path(tmp_path_factory, request) -> str:
     path = tmp_path_factory.mktemp("cuda") / "gpu.onnx"
     path.write_bytes(model_bytes(compile_spec(spec_from_data(request.param), seed=3)))

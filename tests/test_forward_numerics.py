@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import reference_numpy as ref
 from hypothesis import HealthCheck, given, settings
-from strategies import feasible_specs
+from strategies import conv_variant_specs, feasible_specs
 
 from cnnspec.analysis import check
 from cnnspec.compiler import build_inference_model, model_bytes
@@ -112,6 +112,48 @@ def test_conv_explicit_padding_wider_than_the_kernel() -> None:
 
 def test_conv_without_bias() -> None:
     compare(net([6, 6, 3], {"type": "Conv2D", "filters": 4, "kernel_size": 3, "use_bias": False}))
+
+
+# ---- DepthwiseConv2D, SeparableConv2D, Conv2DTranspose ----------------------------------------------
+
+
+@pytest.mark.parametrize("multiplier", [1, 3])
+@pytest.mark.parametrize(
+    ("kernel", "strides", "padding", "dilation"),
+    [(3, 1, "valid", 1), (3, 2, "same", 1), ([3, 2], [2, 1], "same", 1), (2, 2, "same", 1), (3, 1, "same", 2)],
+)
+def test_depthwise_conv(multiplier, kernel, strides, padding, dilation) -> None:
+    layer = {"type": "DepthwiseConv2D", "kernel_size": kernel, "strides": strides, "padding": padding,
+             "dilation_rate": dilation, "depth_multiplier": multiplier, "activation": "relu"}  # fmt: skip
+    compare(net([7, 8, 3], layer))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize(("kernel", "strides", "padding", "multiplier"), [(3, 1, "same", 1), ([3, 2], 2, "same", 2),
+                                                                         (3, 2, "valid", 1)])  # fmt: skip
+def test_separable_conv(use_bias, kernel, strides, padding, multiplier) -> None:
+    layer = {"type": "SeparableConv2D", "filters": 5, "kernel_size": kernel, "strides": strides, "padding": padding,
+             "depth_multiplier": multiplier, "use_bias": use_bias, "activation": "tanh"}  # fmt: skip
+    compare(net([7, 6, 3], layer))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize(
+    ("kernel", "strides", "output_padding", "dilation"),
+    [(3, 2, None, 1), (3, 2, 1, 1), (2, 2, None, 1), (4, 2, None, 1), (4, 2, 0, 1), (2, 3, None, 1), (2, 3, [2, 1], 1),
+     (1, 2, None, 1), ([3, 2], [1, 2], None, 1), (3, 1, None, 2), (5, 3, 1, 1)],
+)  # fmt: skip
+def test_conv_transpose(padding, kernel, strides, output_padding, dilation) -> None:
+    layer = {"type": "Conv2DTranspose", "filters": 3, "kernel_size": kernel, "strides": strides, "padding": padding,
+             "dilation_rate": dilation, "activation": "linear"} | ({"output_padding": output_padding}
+                                                                 if output_padding is not None else {})  # fmt: skip
+    compare(net([4, 5, 2], layer))
+
+
+def test_conv_transpose_without_bias_after_a_conv() -> None:
+    compare(net([6, 6, 2], {"type": "Conv2D", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same"},
+                {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
+                 "use_bias": False}))  # fmt: skip
 
 
 # ---- pooling -------------------------------------------------------------------------------------
@@ -362,3 +404,10 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 @given(feasible_specs())
 def test_random_networks_match_the_reference(data: dict) -> None:
     compare(data, low=0.0, high=255.0 if "preprocess" in data else 1.0, batch=3)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(conv_variant_specs())
+def test_random_conv_variant_stacks_match_the_reference(data: dict) -> None:
+    compare(data, batch=2)

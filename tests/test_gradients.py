@@ -87,6 +87,43 @@ CASES = {
     "conv-depthwise-stride21": [FIRST, conv(groups=4, strides=[2, 1], padding="same", use_bias=False), *HEAD],
     "conv-2x5-same-stride2-swapped-conv": [FIRST, conv(kernel_size=[2, 5], strides=2, padding="same"), *HEAD],
     "conv-first-layer": [conv(padding="same", strides=2), *HEAD],
+    "depthwise-valid": [FIRST, {"type": "DepthwiseConv2D", "kernel_size": 3, "activation": "tanh"}, *HEAD],
+    "depthwise-same-stride2-multiplier2": [
+        FIRST, {"type": "DepthwiseConv2D", "kernel_size": [3, 2], "strides": 2, "padding": "same", "depth_multiplier": 2},
+        *HEAD,
+    ],  # fmt: skip
+    "depthwise-dilation2-no-bias": [
+        FIRST, {"type": "DepthwiseConv2D", "kernel_size": 2, "dilation_rate": 2, "use_bias": False}, *HEAD,
+    ],  # fmt: skip
+    "depthwise-first-layer": [{"type": "DepthwiseConv2D", "kernel_size": 3, "padding": "same"}, *HEAD],
+    "separable-same": [
+        FIRST, {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, *HEAD,
+    ],  # fmt: skip
+    "separable-stride2-multiplier2-no-bias": [
+        FIRST, {"type": "SeparableConv2D", "filters": 5, "kernel_size": [2, 3], "strides": 2, "depth_multiplier": 2,
+                "use_bias": False}, *HEAD,
+    ],  # fmt: skip
+    "separable-first-layer-softmax-last": [
+        {"type": "SeparableConv2D", "filters": 3, "kernel_size": 7, "padding": "same"},
+        {"type": "GlobalAveragePooling2D"}, {"type": "Activation", "activation": "softmax"},
+    ],  # fmt: skip
+    "transpose-valid": [FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "activation": "tanh"}, *HEAD],
+    "transpose-same-stride2-odd": [
+        FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"}, *HEAD,
+    ],  # fmt: skip
+    "transpose-stride3-gaps": [
+        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 2, "strides": 3, "use_bias": False}, *HEAD,
+    ],  # fmt: skip
+    "transpose-output-padding": [
+        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [3, 2], "strides": [2, 3], "padding": "same",
+                "output_padding": [1, 2]}, *HEAD,
+    ],  # fmt: skip
+    "transpose-dilated-5x5": [
+        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [5, 3], "dilation_rate": 2, "padding": "same"},
+        *HEAD,
+    ],  # fmt: skip
+    "transpose-first-layer": [{"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"},
+                              *GAP_HEAD],
     "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
     "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
     "maxpool-stride1": [FIRST, {"type": "MaxPooling2D", "pool_size": [2, 3], "strides": 1}, *HEAD],
@@ -174,6 +211,9 @@ for act in ["relu", "tanh", "sigmoid", "softmax", "linear", "leaky_relu", "elu",
     CASES[f"conv-{act}"] = [FIRST, conv(activation=act, padding="same"), *HEAD]
 
 
+CONV_KINDS = ("conv", "depthwise", "separable", "transpose")
+
+
 def make_case(name: str, smoothing: float = 0.0, preprocess=None):
     data = {"name": name, "input": {"shape": [7, 6, 2]}, "layers": CASES[name]}
     if preprocess:
@@ -205,7 +245,7 @@ def run_ref(session, feeds):
     return dict(zip(names, out, strict=True)) if names else out
 
 
-@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith("conv")))
+@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith(CONV_KINDS)))
 def test_backward_without_im2col_matches_finite_differences(name, monkeypatch):
     """The same checks with the training forward as a Conv (the path for large outputs): dW by one GEMM
     per kernel offset (kernels up to 3x3) or by the batch-as-channels Conv (larger kernels, groups)."""
@@ -215,7 +255,7 @@ def test_backward_without_im2col_matches_finite_differences(name, monkeypatch):
     test_backward_matches_finite_differences(name)
 
 
-@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith("conv")))
+@pytest.mark.parametrize("name", sorted(c for c in CASES if c.startswith(CONV_KINDS)))
 def test_serial_backward_matches_finite_differences(name):
     """The same checks for the formulations of serial programs (one intra-op thread: the runners'
     shards), e.g. an im2col layer's dL/dx as ONE ScatterND(add) instead of Col2Im or ConvTranspose."""
@@ -223,7 +263,10 @@ def test_serial_backward_matches_finite_differences(name):
     spec, report = make_case(name)
     program = build_train_step(spec, report, Optimizer(), gradients_only=True, serial=True)
     scatters = any(node.op_type == "ScatterND" for node in program.model.graph.node)
-    assert scatters == (name != "conv-first-layer" and "groups" not in name and "depthwise" not in name)
+    # An im2col Conv2D whose dL/dx is needed scatters; grouped/depthwise and transposed convolutions do not
+    # (a SeparableConv2D's 1x1 pointwise part always needs dL/dx: its depthwise part lies below).
+    no_scatter = ("groups", "depthwise", "transpose")
+    assert scatters == (name != "conv-first-layer" and not any(w in name for w in no_scatter))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -152,6 +152,32 @@ def test_the_rewritten_ops_compute_the_compiled_model():
     np.testing.assert_allclose(probabilities, run(build_inference_model(spec, report, params)), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "transpose",
+    [{"kernel_size": 3, "strides": 2, "padding": "same"}, {"kernel_size": 2, "strides": 3},
+     {"kernel_size": 4, "strides": 2, "padding": "same", "output_padding": 0},
+     {"kernel_size": [3, 2], "strides": [2, 3], "padding": "same", "output_padding": [1, 2], "use_bias": False},
+     {"kernel_size": 1, "strides": 2, "padding": "same"}, {"kernel_size": 3, "dilation_rate": 2, "activation": "tanh"},
+     {"kernel_size": 5, "strides": 3, "output_padding": 1}],
+)  # fmt: skip
+def test_conv_transpose_lowered_for_ort_training_computes_the_compiled_model(transpose):
+    """ORT-training has no ConvTransposeGrad kernel: the backend's Conv on the zero-stuffed input, padded by
+    Keras's (left, right), with the flipped kernel, gives the compiled model's ConvTranspose values."""
+    layers = [{"type": "Conv2D", "filters": 3, "kernel_size": 1}, {"type": "Conv2DTranspose", "filters": 2, **transpose},
+              {"type": "Flatten"}, {"type": "Dense", "units": 4, "activation": "softmax"}]  # fmt: skip
+    spec = spec_from_data({"name": "t", "input": {"shape": [5, 4, 2]}, "preprocess": {"scale": 0.01}, "layers": layers})
+    report = check(spec)
+    params = initial_params(spec, report, 2)
+    x = np.random.default_rng(3).uniform(0, 255, (3, 2, 5, 4)).astype(np.float32)
+    graph = ort_artifacts.training_graph(spec, report, params)
+    assert "ConvTranspose" not in {n.op_type for n in graph.graph.node}
+    logits = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    compiled = build_inference_model(spec, report, params)
+    expected = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities / probabilities.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
 def test_learning_rate_schedule_is_the_native_loops(schedule):
     from cnnspec.spec import Training

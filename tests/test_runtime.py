@@ -258,8 +258,18 @@ def _rank3_output(m):
     m.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 1
 
 
+def _conv_transpose_output_padding(m):
+    m.graph.node.append(helper.make_node("ConvTranspose", ["a", "w"], ["y"], strides=[2, 2], output_padding=[0, 5]))
+
+
+def _conv_transpose_output_shape(m):
+    m.graph.node.append(helper.make_node("ConvTranspose", ["a", "w"], ["y"], output_shape=[9999, 9999]))
+
+
 CHECKS = [
     (_set_conv_strides, "invalid attribute strides"),
+    (_conv_transpose_output_padding, "invalid attribute output_padding=\\[0, 5\\]"),
+    (_conv_transpose_output_shape, "ConvTranspose output_shape is not supported"),
     (_short_raw, "initializer size mismatch"),
     (_both_fields, "ambiguous initializer"),
     (_custom_domain, "operator com.evil::Softmax is not supported by cnnspec run"),
@@ -370,3 +380,19 @@ def test_reader_classifies_while_a_writer_recompiles(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def test_models_with_the_conv_variants_pass_the_prechecks_and_run(tmp_path):
+    layers = [
+        {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 2, "padding": "same", "strides": 2},
+        {"type": "SeparableConv2D", "filters": 4, "kernel_size": 3, "padding": "same"},
+        {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 2, "strides": 3, "output_padding": 1},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 3, "activation": "softmax"},
+    ]
+    spec = spec_from_data({"name": "variants", "input": {"shape": [8, 8, 1]}, "layers": layers})
+    path = tmp_path / "variants.onnx"
+    path.write_bytes(model_bytes(compile_spec(spec)))
+    check_runnable(onnx.load(str(path)), "variants.onnx")
+    scores = Classifier(str(path)).scores(np.zeros((2, 1, 8, 8), np.float32))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)

@@ -324,3 +324,78 @@ def test_prelu_initializer_uses_keras_fans() -> None:
     alpha = layer.init_params((8, 8, 64), np.random.default_rng(0))["weight"]
     assert alpha.shape == (64, 1, 1) and np.abs(alpha).max() > 1.0 and np.abs(alpha).max() <= np.sqrt(6.0)
     assert not PReLU(type="PReLU").init_params((2, 2, 3), np.random.default_rng(0))["weight"].any()  # zeros
+
+
+# ---- DepthwiseConv2D, SeparableConv2D, Conv2DTranspose ----------------------------------------------
+# Conv2DTranspose (keras/src/utils/conv_utils... ops/operation_utils.compute_conv_transpose_output_shape ->
+# deconv_output_length), with K = (k-1)*d + 1:
+#   output_padding None: valid: in*s + max(K - s, 0); same: in*s
+#   output_padding p:    (in-1)*s + K - 2*pad + p, pad = K//2 for same, 0 for valid
+
+
+def keras_deconv_out(size: int, k: int, s: int, d: int, padding: str, output_padding: int | None) -> int:
+    extent = (k - 1) * d + 1
+    if output_padding is None:
+        return size * s + max(extent - s, 0) if padding == "valid" else size * s
+    pad = extent // 2 if padding == "same" else 0
+    return (size - 1) * s + extent - 2 * pad + output_padding
+
+
+def variant(kind: str, **kw):
+    from cnnspec.layers import LAYERS_BY_TYPE
+
+    return LAYERS_BY_TYPE[kind](type=kind, **kw)
+
+
+VARIANT_CASES = [  # (layer, input HWC, output HWC, padding applied 't,b,l,r', parameter count)
+    (variant("DepthwiseConv2D", kernel_size=3), (8, 8, 4), (6, 6, 4), "", 9 * 4 + 4),
+    (variant("DepthwiseConv2D", kernel_size=3, strides=2, padding="same", depth_multiplier=2), (7, 8, 3),
+     (4, 4, 6), "1,1,0,1", 9 * 3 * 2 + 6),  # h: 3*2+3-7 = 2 -> 1,1; w: 3*2+3-8 = 1 -> 0,1
+    (variant("DepthwiseConv2D", kernel_size=[3, 1], use_bias=False), (5, 5, 2), (3, 5, 2), "", 3 * 2),
+    # Keras: kh*kw*C*m + C*m*filters + filters
+    (variant("SeparableConv2D", filters=16, kernel_size=3, padding="same"), (10, 10, 8), (10, 10, 16), "1,1,1,1",
+     9 * 8 + 8 * 16 + 16),
+    (variant("SeparableConv2D", filters=5, kernel_size=3, strides=2, depth_multiplier=3, use_bias=False), (9, 9, 2),
+     (4, 4, 5), "", 9 * 2 * 3 + 6 * 5),
+    # ONNX pads crop the full (in-1)*s + K: 'same' s2 k3 on 4: full 9, out 8 -> crop 0 top, 1 bottom
+    (variant("Conv2DTranspose", filters=3, kernel_size=3, strides=2, padding="same"), (4, 5, 2), (8, 10, 3), "0,1,0,1",
+     2 * 3 * 9 + 3),
+    (variant("Conv2DTranspose", filters=3, kernel_size=3, strides=2), (4, 4, 2), (9, 9, 3), "", 2 * 3 * 9 + 3),
+    (variant("Conv2DTranspose", filters=1, kernel_size=4, strides=2, padding="same"), (4, 4, 1), (8, 8, 1), "1,1,1,1",
+     17),  # full 10, crop 1 each side
+    (variant("Conv2DTranspose", filters=1, kernel_size=2, strides=3), (3, 3, 1), (9, 9, 1), "", 5),  # 3*3+max(-1,0)
+    (variant("Conv2DTranspose", filters=1, kernel_size=3, strides=2, padding="same", output_padding=0), (4, 4, 1),
+     (7, 7, 1), "1,1,1,1", 10),  # (4-1)*2+3-2+0
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("layer", "shape", "out", "pads", "count"), VARIANT_CASES)
+def test_conv_variant_shapes_padding_and_parameter_counts(layer, shape, out, pads, count) -> None:
+    assert layer.output_shape(shape) == out
+    assert layer.padding_applied(shape) == pads
+    assert sum(numel(s) for s in layer.param_shapes(shape).values()) == count
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 9), st.integers(1, 5), st.integers(1, 3), st.sampled_from(["valid", "same"]),
+       st.one_of(st.none(), st.integers(0, 4)))  # fmt: skip
+def test_conv_transpose_matches_keras_deconv_output_length(size, k, s, d, padding, output_padding) -> None:
+    layer = variant("Conv2DTranspose", filters=2, kernel_size=k, strides=s, dilation_rate=d, padding=padding,
+                    output_padding=output_padding)  # fmt: skip
+    expected = keras_deconv_out(size, k, s, d, padding, output_padding)
+    if output_padding is not None and output_padding >= s:
+        with pytest.raises(ShapeError) as info:
+            layer.output_shape((size, size, 1))
+        assert info.value.field == "output_padding"
+    elif expected < 1:
+        with pytest.raises(ShapeError) as info:
+            layer.output_shape((size, size, 1))
+        assert info.value.field == "kernel_size"
+    else:
+        assert layer.output_shape((size, size, 1)) == (expected, expected, 2)
+        top, left, bottom, right = layer.pads((size, size, 1))
+        extra = layer.onnx_output_padding((size, size, 1))
+        extent = (k - 1) * d + 1
+        # ONNX ConvTranspose: out = s*(in-1) + output_padding + K - begin - end, pads ≥ 0, output_padding < s
+        assert s * (size - 1) + extra[0] + extent - top - bottom == expected
+        assert min(top, bottom, left, right) >= 0 and 0 <= extra[0] < s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +35,9 @@ def report_of(layers: list[dict], shape: list[int] | None = None, **top):
 
 KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "Conv2D": "conv2d",
+    "DepthwiseConv2D": "depthwise_conv2d",
+    "SeparableConv2D": "separable_conv2d",
+    "Conv2DTranspose": "conv2d_transpose",
     "MaxPooling2D": "max_pooling2d",
     "AveragePooling2D": "average_pooling2d",
     "GlobalAveragePooling2D": "global_average_pooling2d",
@@ -193,6 +197,14 @@ PARAM_CASES = [  # (layers on a 12x12x4 input, params of the first layer, traina
     ([{"type": "ZeroPadding2D"}], 0, None),
     ([{"type": "Dropout", "rate": 0.5}], 0, None),
     ([{"type": "Activation", "activation": "relu"}], 0, None),
+    # Keras's DepthwiseConv2D: kh*kw*C*m + C*m; SeparableConv2D: kh*kw*C*m + C*m*filters + filters;
+    # Conv2DTranspose: kh*kw*filters*C + filters
+    ([{"type": "DepthwiseConv2D", "kernel_size": 3}], 3 * 3 * 4 + 4, None),
+    ([{"type": "DepthwiseConv2D", "kernel_size": [3, 5], "depth_multiplier": 3, "use_bias": False}], 3 * 5 * 4 * 3, None),
+    ([{"type": "SeparableConv2D", "filters": 8, "kernel_size": 3}], 3 * 3 * 4 + 4 * 8 + 8, None),
+    ([{"type": "SeparableConv2D", "filters": 8, "kernel_size": 3, "depth_multiplier": 2}], 9 * 8 + 8 * 8 + 8, None),
+    ([{"type": "Conv2DTranspose", "filters": 6, "kernel_size": 3, "strides": 2}], 3 * 3 * 6 * 4 + 6, None),
+    ([{"type": "Conv2DTranspose", "filters": 6, "kernel_size": [2, 3], "use_bias": False}], 2 * 3 * 6 * 4, None),
 ]  # fmt: skip
 
 
@@ -220,6 +232,49 @@ def test_batchnorm_counts_non_trainable_in_the_total() -> None:
 def test_conv_weight_shape_is_pytorch_layout() -> None:
     report = report_of(conv(8, [3, 5], groups=2) + [FLAT], [9, 9, 4])
     assert report.layers[0].param_shapes == {"weight": (8, 2, 3, 5), "bias": (8,)}
+
+
+def test_conv_variant_weights_are_pytorch_layout() -> None:
+    layers = [
+        {"type": "DepthwiseConv2D", "kernel_size": [3, 2], "depth_multiplier": 2, "padding": "same"},
+        {"type": "SeparableConv2D", "filters": 5, "kernel_size": 3, "depth_multiplier": 3, "padding": "same"},
+        {"type": "Conv2DTranspose", "filters": 7, "kernel_size": [2, 3], "strides": 2},
+    ]
+    report = report_of([*layers, FLAT], [9, 9, 4])
+    assert [r.param_shapes for r in report.layers[:3]] == [
+        {"weight": (8, 1, 3, 2), "bias": (8,)},  # [C*m, 1, kh, kw]
+        {"depthwise.weight": (24, 1, 3, 3), "pointwise.weight": (5, 24, 1, 1), "bias": (5,)},
+        {"weight": (5, 7, 2, 3), "bias": (7,)},  # PyTorch's ConvTranspose2d: [C_in, filters, kh, kw]
+    ]
+    assert report.layers[2].param_names()["weight"] == "conv2d_transpose.weight"
+    assert report.layers[1].param_names()["depthwise.weight"] == "separable_conv2d.depthwise.weight"
+
+
+def test_conv_variant_initializers_use_keras_fans() -> None:
+    """Keras's kernels are (kh, kw, C, m) for depthwise, (1, 1, C*m, filters) pointwise and (kh, kw, filters,
+    C_in) transposed; its fans are fan_in = shape[-2]*kh*kw, fan_out = shape[-1]*kh*kw. he_uniform's limit
+    is sqrt(6 / fan_in), so the largest drawn value bounds which fan was used."""
+    from cnnspec.compiler import initial_params
+
+    layers = [
+        {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 4, "depthwise_initializer": "he_uniform"},
+        {"type": "SeparableConv2D", "filters": 16, "kernel_size": 1, "depthwise_initializer": "he_uniform",
+         "pointwise_initializer": "he_uniform"},
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "kernel_initializer": "he_uniform"},
+    ]  # fmt: skip
+    spec = spec_from_data({"name": "fans", "input": {"shape": [9, 9, 8]}, "layers": [*layers, FLAT]})
+    from cnnspec.analysis import check
+
+    params = initial_params(spec, check(spec), seed=3)
+
+    def limit_ok(name: str, fan_in: int) -> None:
+        value = np.abs(params[name]).max()
+        assert 0.8 * np.sqrt(6 / fan_in) < value <= np.sqrt(6 / fan_in)
+
+    limit_ok("depthwise_conv2d.weight", 8 * 9)  # C*kh*kw (PyTorch's fan_in would be kh*kw = 9)
+    limit_ok("separable_conv2d.depthwise.weight", 32 * 1)  # C*kh*kw of its 32-channel input, 1x1 kernel
+    limit_ok("separable_conv2d.pointwise.weight", 32)  # C*m
+    limit_ok("conv2d_transpose.weight", 2 * 9)  # filters*kh*kw: Keras's shape[-2] is filters
 
 
 # ---- the seed network (issue 2) ---------------------------------------------------------------------

@@ -189,6 +189,25 @@ RESIDUAL_BN = dict(
 )
 
 
+CONV_VARIANTS = dict(  # DepthwiseConv2D, SeparableConv2D and Conv2DTranspose in one net (a small encoder-decoder)
+    NET,
+    name="conv-variants",
+    layers=[
+        {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 4, "padding": "same", "activation": "relu"},
+        {"type": "SeparableConv2D", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+        {"type": "Conv2DTranspose", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 2, "activation": "softmax"},
+    ],
+)
+
+
+def test_conv_variants_net_learns():
+    result = train(net=dict(CONV_VARIANTS, training=dict(NET["training"], epochs=8)))
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
 def train(tmp=None, resume=False, net=NET, threads=None, **overrides):
     spec = spec_from_data(net)
     settings = resolve_settings(spec, **overrides)
@@ -287,7 +306,7 @@ def test_train_step_graph_is_standard_domain_only():
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
-@pytest.mark.parametrize("net", [NET, RESIDUAL_BN], ids=["chain", "graph"])
+@pytest.mark.parametrize("net", [NET, RESIDUAL_BN, CONV_VARIANTS], ids=["chain", "graph", "conv-variants"])
 def test_cuda_matches_cpu(net):
     spec = spec_from_data(net)
     settings = resolve_settings(spec, epochs=1)

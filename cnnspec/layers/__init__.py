@@ -9,6 +9,7 @@ from pydantic import Field
 from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
+from .conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization
@@ -17,6 +18,9 @@ from .reshaping import Cropping2D, Identity, Rescaling, Reshape, UpSampling2D
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,
+    DepthwiseConv2D,
+    SeparableConv2D,
+    Conv2DTranspose,
     MaxPooling2D,
     AveragePooling2D,
     GlobalAveragePooling2D,

@@ -181,6 +181,8 @@ def _lower_layer(g, layer, xs: list[str], ctx, seed: int) -> str:
         return pooled if layer.keepdims else g.op("Flatten", [pooled], ctx.name, axis=1)
     if layer.type == "AveragePooling2D":
         return _average_pool_as_conv(g, layer, x, ctx)
+    if layer.type == "Conv2DTranspose":
+        return _conv_transpose_as_conv(g, layer, x, ctx)
     if layer.type in ("Add", "Average") and len(xs) > 2:
         # NOTE: ORT has no gradient for Sum (n-ary); chained Adds are the same sum.
         total = xs[0]
@@ -215,6 +217,46 @@ def _average_pool_as_conv(g, layer, x: str, ctx) -> str:
     summed = g.op("Conv", [x, ones], ctx.name, kernel_shape=[kh, kw], strides=[sh, sw], group=c,
                   pads=[top, left, bottom, right])  # fmt: skip
     return g.op("Mul", [summed, g.constant(ctx.name, inverse)], ctx.name)
+
+
+def _conv_transpose_as_conv(g, layer, x: str, ctx) -> str:
+    """ConvTranspose as a Conv on the zero-stuffed input, as Keras's JAX backend computes it.
+
+    NOTE: ORT's gradient builder emits ConvTransposeGrad, which 1.19.2 has no CPU kernel for ("Could not find
+    an implementation for ConvTransposeGrad"). The same values: put s-1 zeros after every input pixel
+    (Reshape to [N, C, H, 1, W, 1], Pad, Reshape), pad by Keras's (left, right) = (K-1-top, K-1-bottom+
+    output_padding) per axis, then a stride-1 Conv (dilation d) with the kernel flipped in space and its
+    channel axes swapped ([C_in, filters] -> [filters, C_in]).
+    """
+    from ..layers.gradients import ints
+
+    scope, (h, w, c) = ctx.name, ctx.in_shape
+    (sh, sw), (kh, kw), (dh, dw) = layer.strides, layer.kernel_size, layer.dilation_rate
+    top, left, bottom, right = layer.pads(ctx.in_shape)
+    extra_h, extra_w = layer.onnx_output_padding(ctx.in_shape)
+    ext_h, ext_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    before = [ext_h - 1 - top, ext_w - 1 - left]
+    after = [ext_h - 1 - bottom + extra_h, ext_w - 1 - right + extra_w]  # past the last input pixel
+    if (sh, sw) != (1, 1):
+        x = g.op("Reshape", [x, ints(g, scope, [0, c, h, 1, w, 1])], scope)
+        x = g.op("Pad", [x, ints(g, scope, [0] * 6 + [0, 0, 0, sh - 1, 0, sw - 1])], scope)
+        x = g.op("Reshape", [x, ints(g, scope, [0, c, h * sh, w * sw])], scope)
+        after = [after[0] - (sh - 1), after[1] - (sw - 1)]  # the stuffing already put s-1 zeros after the last
+        if min(after) < 0:
+            ends = [h * sh + min(after[0], 0), w * sw + min(after[1], 0)]
+            x = g.op("Slice", [x, ints(g, scope, [0, 0]), ints(g, scope, ends), ints(g, scope, [2, 3])], scope)
+    pads = [0, 0, before[0], before[1], 0, 0, max(after[0], 0), max(after[1], 0)]
+    if any(pads):
+        x = g.op("Pad", [x, ints(g, scope, pads)], scope)
+    weight = ctx.params["weight"]
+    weight = g.op("Gather", [weight, ints(g, scope, list(range(kh - 1, -1, -1)))], scope, axis=2)
+    weight = g.op("Gather", [weight, ints(g, scope, list(range(kw - 1, -1, -1)))], scope, axis=3)
+    weight = g.op("Transpose", [weight], scope, perm=[1, 0, 2, 3])
+    inputs = [x, weight] + ([ctx.params["bias"]] if layer.use_bias else [])
+    z = g.op("Conv", inputs, scope, kernel_shape=[kh, kw], dilations=[dh, dw])
+    from ..layers.activations import lower_activation
+
+    return lower_activation(g, z, layer.activation, scope)
 
 
 # ---- the four artifacts, made in a child process ----------------------------------------------------------
@@ -277,6 +319,9 @@ def _child_error(stderr: str, code: int) -> str:
     missing = re.search(r"has not been registered: (\w+) for node (\S+?)\.?$", last)
     if missing:
         return f"it has no gradient for {missing.group(1)} (node {missing.group(2)})"
+    kernel = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']+)'", last)
+    if kernel:
+        return f"it has no kernel for {kernel.group(1)} (node {kernel.group(2)})"
     return last if len(last) <= 400 else last[:397] + "..."
 
 

@@ -88,6 +88,7 @@ UNTRAINABLE_RAW = [
     ([{"type": "Activation", "activation": "softplus"}], "no gradient for Softplus"),
     ([{"type": "Activation", "activation": "softsign"}], "no gradient for Softsign"),
     ([{"type": "Activation", "activation": "selu"}], "no gradient for Selu"),
+    ([{"type": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2}], "no kernel for ConvTransposeGrad"),
 ]
 
 
@@ -175,7 +176,7 @@ def test_rewritten_ops_evaluate_like_the_compiled_model(tmp_path, ort_training):
     ort_artifacts.generate_artifacts(
         graph, ort_artifacts.trainable(spec, report), ort_artifacts.OptimizerConfig(), tmp_path
     )
-    trainer = ort_backend.OrtTrainer(tmp_path, api)
+    trainer = ort_artifacts.OrtTrainer(tmp_path, api)
     x = np.random.default_rng(2).uniform(0, 255, (6, 2, 7, 7)).astype(np.float32)
     y = np.arange(6) % 4
     trainer.module.eval()

@@ -52,6 +52,23 @@ CASES = {
     "global average pool": [conv(activation="tanh"), {"type": "GlobalAveragePooling2D"}],
     "global max pool": [conv(activation="tanh"), {"type": "GlobalMaxPooling2D"}],
     "zero padding": [{"type": "ZeroPadding2D", "padding": [[1, 0], [2, 1]]}, conv(), FLAT],
+    "depthwise same stride 2 multiplier 2": [
+        conv(), {"type": "DepthwiseConv2D", "kernel_size": 3, "strides": 2, "padding": "same", "depth_multiplier": 2,
+                 "activation": "relu"}, FLAT],
+    "depthwise first layer dilation no bias": [
+        {"type": "DepthwiseConv2D", "kernel_size": 2, "dilation_rate": 2, "use_bias": False}, FLAT],
+    "separable same tanh": [
+        conv(), {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, FLAT],
+    "separable stride 2 multiplier 2 no bias": [
+        conv(), {"type": "SeparableConv2D", "filters": 5, "kernel_size": [3, 2], "strides": 2, "depth_multiplier": 2,
+                 "use_bias": False}, FLAT],
+    "transpose same stride 2 odd kernel": [
+        conv(), {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}, FLAT],
+    "transpose valid stride 3 output padding": [
+        conv(), {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 2, "strides": 3, "output_padding": 1,
+                 "activation": "tanh"}, FLAT],
+    "transpose first layer same even kernel": [
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"}, FLAT],
     "activation layers": [
         FLAT,
         {"type": "Dense", "units": 6},
