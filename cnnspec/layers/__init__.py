@@ -10,8 +10,9 @@ from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
 from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
-from .normalization import BatchNormalization
+from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+from .regularization import LayerScale, SpatialDropout2D, StochasticDepth
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,
@@ -32,6 +33,11 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     Maximum,
     Minimum,
     Concatenate,
+    LayerNormalization,
+    GroupNormalization,
+    SpatialDropout2D,
+    StochasticDepth,
+    LayerScale,
 )
 LAYERS_BY_TYPE: dict[str, type[Layer]] = {
     kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS
