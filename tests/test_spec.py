@@ -51,6 +51,11 @@ KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "Maximum": "maximum",
     "Minimum": "minimum",
     "Concatenate": "concatenate",
+    "LayerNormalization": "layer_normalization",
+    "GroupNormalization": "group_normalization",
+    "SpatialDropout2D": "spatial_dropout2d",
+    "StochasticDepth": "stochastic_depth",  # Keras's ConvNeXt layer: the class name in snake case
+    "LayerScale": "layer_scale",
 }
 
 

@@ -162,7 +162,9 @@ def _normalize(g: GraphBuilder, layer: Any, x: str, ctx: Lowering, groups: int |
     mean = reduce_mean(g, grouped, axis, scope)
     xc = g.op("Sub", [grouped, mean], scope)
     var = reduce_mean(g, g.op("Mul", [xc, xc], scope), axis, scope)
-    inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.constant(scope, layer.epsilon)], scope)], scope)], scope)
+    inv = g.op(
+        "Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.constant(scope, layer.epsilon)], scope)], scope)], scope
+    )
     xhat = g.op("Mul", [xc, inv], scope)
     if groups is not None:
         xhat = g.op("Reshape", [xhat, ints(g, scope, [0, *chw])], scope)
