@@ -44,6 +44,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.layers.merge",
             "cnnspec.layers.normalization",
             "cnnspec.layers.pooling",
+            "cnnspec.layers.regularization",
         },
     ),
     ("spec", {"cnnspec.spec"}),
