@@ -173,6 +173,33 @@ def batchnorm(x, gamma, beta, mean, var, epsilon):
     return r(gamma) * (np.asarray(x, np.float64) - r(mean)) / np.sqrt(r(var) + epsilon) + r(beta)
 
 
+def layer_norm(x, gamma, beta, epsilon):
+    """Keras's LayerNormalization(axis=-1): each pixel (or flat sample) over its own channels (axis 1 here)."""
+    x = np.asarray(x, np.float64)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+    return (x - mean) / np.sqrt(var + epsilon) * np.reshape(gamma, shape) + np.reshape(beta, shape)
+
+
+def group_norm(x, gamma, beta, groups: int, epsilon):
+    """Keras's GroupNormalization: channels c*C/G .. (c+1)*C/G - 1 form group c; statistics over the group's
+    channels and all pixels of one sample. groups = -1: one group per channel."""
+    x = np.asarray(x, np.float64)
+    n, c = x.shape[:2]
+    groups = c if groups == -1 else groups
+    out = np.empty_like(x)
+    size = c // groups
+    for k in range(groups):
+        part = x[:, k * size : (k + 1) * size]
+        axes = tuple(range(1, x.ndim))
+        mean = part.mean(axis=axes, keepdims=True)
+        var = part.var(axis=axes, keepdims=True)
+        out[:, k * size : (k + 1) * size] = (part - mean) / np.sqrt(var + epsilon)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return out * np.reshape(gamma, shape) + np.reshape(beta, shape)
+
+
 def sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)) without overflow
 
@@ -307,8 +334,16 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         return flatten(x)
     if kind == "Dense":
         return activation(dense(x, params["weight"], params.get("bias")), layer.get("activation"))
-    if kind == "Dropout":
+    if kind in ("Dropout", "SpatialDropout2D", "StochasticDepth"):
         return x  # inference
+    if kind == "LayerScale":
+        return np.asarray(x, np.float64) * np.reshape(params["weight"], (1, -1) + (1,) * (x.ndim - 2))
+    if kind in ("LayerNormalization", "GroupNormalization"):
+        c = x.shape[1]
+        gamma, beta = params.get("weight", np.ones(c)), params.get("bias", np.zeros(c))
+        if kind == "LayerNormalization":
+            return layer_norm(x, gamma, beta, layer.get("epsilon", 1e-3))
+        return group_norm(x, gamma, beta, layer.get("groups", 32), layer.get("epsilon", 1e-3))
     if kind == "Activation":
         return activation(x, layer.get("activation"))
     if kind == "BatchNormalization":

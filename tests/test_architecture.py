@@ -47,6 +47,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.layers.pooling",
             "cnnspec.layers.reshaping",
             "cnnspec.layers.activation_layers",
+            "cnnspec.layers.regularization",
         },
     ),
     ("spec", {"cnnspec.spec"}),

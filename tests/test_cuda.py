@@ -61,7 +61,14 @@ CONV_VARIANTS = dict(  # depthwise, separable and transposed convolutions (group
         {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 8, "padding": "same", "activation": "relu"},
         {"type": "SeparableConv2D", "filters": 16, "kernel_size": 3, "strides": 2, "padding": "same"},
         {"type": "BatchNormalization"},
-        {"type": "Conv2DTranspose", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+        {
+            "type": "Conv2DTranspose",
+            "filters": 8,
+            "kernel_size": 3,
+            "strides": 2,
+            "padding": "same",
+            "activation": "relu",
+        },
         {"type": "Conv2DTranspose", "filters": 8, "kernel_size": 2, "strides": 3, "output_padding": 1},
         {"type": "GlobalAveragePooling2D"},
         {"type": "Dense", "units": 10, "activation": "softmax"},
@@ -69,7 +76,29 @@ CONV_VARIANTS = dict(  # depthwise, separable and transposed convolutions (group
 )
 
 
-@pytest.fixture(scope="module", params=[SPEC, GRAPH, CONV_VARIANTS], ids=["chain", "graph", "conv-variants"])
+NORMS = dict(  # per-sample normalizations, LayerScale, and the training-only drops (identity here)
+    SPEC,
+    name="gpu-norms",
+    layers=[
+        {"type": "Conv2D", "name": "stem", "filters": 32, "kernel_size": 3, "padding": "same"},
+        {"type": "GroupNormalization", "groups": 8},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "gelu"},
+        {"type": "LayerNormalization", "epsilon": 1e-6},
+        {"type": "LayerScale", "init_values": 0.5, "projection_dim": 32},
+        {"type": "StochasticDepth", "drop_path_rate": 0.1, "name": "drop_path"},
+        {"type": "Add", "inputs": ["stem", "drop_path"]},
+        {"type": "SpatialDropout2D", "rate": 0.2},
+        {"type": "Dropout", "rate": 0.2, "noise_shape": [None, 1, 1, 1]},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "LayerNormalization"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+    ],
+)
+
+
+@pytest.fixture(
+    scope="module", params=[SPEC, GRAPH, CONV_VARIANTS, NORMS], ids=["chain", "graph", "conv-variants", "norms"]
+)
 def model_path(tmp_path_factory, request) -> str:
     path = tmp_path_factory.mktemp("cuda") / "gpu.onnx"
     path.write_bytes(model_bytes(compile_spec(spec_from_data(request.param), seed=3)))

@@ -213,6 +213,40 @@ def test_batch_normalization(center, scale, epsilon) -> None:
     compare(net([2, 2, 2], {"type": "Flatten"}, bn))  # over the units of a flat tensor
 
 
+@pytest.mark.parametrize(("center", "scale"), [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("epsilon", [1e-3, 0.5])
+def test_layer_normalization_over_the_channels_of_each_pixel(center, scale, epsilon) -> None:
+    ln = {"type": "LayerNormalization", "center": center, "scale": scale, "epsilon": epsilon}
+    compare(net([5, 3, 4], ln))  # per pixel over its 4 channels (Keras), not over C, H, W (PyTorch)
+    compare(net([2, 2, 3], {"type": "Flatten"}, ln))  # over the units of a flat tensor
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(8, 4), (8, 1), (8, 8), (6, -1), (6, 3), (32, 32)])
+@pytest.mark.parametrize(("center", "scale"), [(True, True), (False, False)])
+def test_group_normalization(channels, groups, center, scale) -> None:
+    gn = {"type": "GroupNormalization", "groups": groups, "center": center, "scale": scale}
+    compare(net([4, 3, channels], gn))
+    compare(net([1, 1, channels], {"type": "Flatten"}, gn | {"epsilon": 0.01}))  # flat: groups of units
+
+
+def test_group_normalization_default_groups_on_64_channels() -> None:
+    compare(net([3, 3, 2], {"type": "Conv2D", "filters": 64, "kernel_size": 1}, {"type": "GroupNormalization"}))
+
+
+def test_layer_scale_multiplies_each_channel() -> None:
+    compare(net([3, 4, 5], {"type": "LayerScale", "init_values": 1e-6, "projection_dim": 5}))
+    compare(net([2, 2, 3], {"type": "Flatten"}, {"type": "LayerScale", "init_values": 0.5, "projection_dim": 12}))
+
+
+def test_training_only_drops_are_identity_at_inference() -> None:
+    drops = [
+        {"type": "SpatialDropout2D", "rate": 0.5},
+        {"type": "StochasticDepth", "drop_path_rate": 0.3},
+        {"type": "Dropout", "rate": 0.4, "noise_shape": [None, 1, 1, 1]},
+    ]
+    compare(net([4, 4, 3], *drops))
+
+
 @pytest.mark.parametrize("padding", [0, 2, [1, 3], [[0, 2], [3, 1]], [[2, 0], [0, 1]]])
 def test_zero_padding(padding) -> None:
     compare(net([3, 4, 2], {"type": "ZeroPadding2D", "padding": padding}))

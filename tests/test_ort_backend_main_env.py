@@ -190,3 +190,34 @@ def test_learning_rate_schedule_is_the_native_loops(schedule):
     native, training = resolve_settings(spec), spec.training or Training()
     for epoch, step in [(0, 0), (1, 4), (2, 9), (4, 17), (4, 19)]:
         assert ort_backend.learning_rate_at(training, epoch, step, 4) == pytest.approx(native.lr_at(epoch, step, 4))
+
+
+@pytest.mark.parametrize(
+    ("layer", "per_sample"),
+    [({"type": "StochasticDepth", "drop_path_rate": 0.5}, True), ({"type": "SpatialDropout2D", "rate": 0.5}, False),
+     ({"type": "Dropout", "rate": 0.5, "noise_shape": [None, 1, 1, 1]}, True)],
+    ids=["StochasticDepth", "SpatialDropout2D", "Dropout-noise_shape"],
+)  # fmt: skip
+def test_broadcast_drops_in_the_graph_given_to_ort_training(layer, per_sample):
+    """A Dropout of ones of the mask's shape, times x: with an identity head the logits are the positive pooled
+    channels, each 0 or 2x (rate 0.5), whole samples (StochasticDepth) or single channels (SpatialDropout2D)."""
+    layers = [{"type": "Conv2D", "filters": 3, "kernel_size": 1}, layer, {"type": "GlobalAveragePooling2D"},
+              {"type": "Dense", "units": 3}]  # fmt: skip
+    spec = spec_from_data({"name": "drops", "input": {"shape": [5, 5, 2]}, "layers": layers})
+    report = check(spec)
+    params = initial_params(spec, report, 2)
+    params |= {"conv2d.weight": np.abs(params["conv2d.weight"]) + 0.1, "conv2d.bias": np.full(3, 0.5, np.float32),
+               "dense.weight": np.eye(3, dtype=np.float32), "dense.bias": np.zeros(3, np.float32)}  # fmt: skip
+    x = np.random.default_rng(4).uniform(1, 255, (64, 2, 5, 5)).astype(np.float32)
+    graph = ort_artifacts.training_graph(spec, report, params)
+
+    def run(model):
+        options = ort.SessionOptions()  # NOTE: onnxruntime's optimizer removes Dropout even in training mode
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+
+    dropped, pooled = run(graph), run(build_inference_model(spec, report, params))
+    kept = dropped > pooled
+    np.testing.assert_allclose(dropped, np.where(kept, 2 * pooled, 0.0), rtol=1e-5)
+    assert ((kept == kept[:, :1]).all() if per_sample else not (kept == kept[:, :1]).all()) and 0.3 < kept.mean() < 0.7

@@ -18,11 +18,17 @@ from cnnspec.layers import (
     AveragePooling2D,
     Conv2D,
     Cropping2D,
+    Dropout,
+    GroupNormalization,
+    LayerNormalization,
+    LayerScale,
     MaxPooling2D,
     PReLU,
     Reshape,
     ShapeError,
     Softmax,
+    SpatialDropout2D,
+    StochasticDepth,
     UpSampling2D,
     ZeroPadding2D,
 )
@@ -144,6 +150,69 @@ LAYER_CASES = [  # (layer, input HWC, output HWC, padding applied 't,b,l,r')
 def test_layer_output_shape_and_padding(layer, shape, out, pads) -> None:
     assert layer.output_shape(shape) == out
     assert layer.padding_applied(shape) == pads
+
+
+# ---- normalization, masks and LayerScale: the shape is kept; parameters and masks per Keras --------------
+
+SAME_SHAPE_CASES = [  # (layer, input, parameter shapes (PyTorch names), per-sample NCHW mask in training)
+    (LayerNormalization(type="LayerNormalization"), (5, 4, 6), {"weight": (6,), "bias": (6,)}, None),  # gamma, beta [C]
+    (LayerNormalization(type="LayerNormalization", center=False), (10,), {"weight": (10,)}, None),
+    (GroupNormalization(type="GroupNormalization"), (3, 3, 64), {"weight": (64,), "bias": (64,)}, None),  # 32 | 64
+    (GroupNormalization(type="GroupNormalization", groups=-1, scale=False), (2, 2, 5), {"bias": (5,)}, None),
+    (GroupNormalization(type="GroupNormalization", groups=3), (12,), {"weight": (12,), "bias": (12,)}, None),
+    (LayerScale(type="LayerScale", init_values=1e-6, projection_dim=96), (7, 7, 96), {"weight": (96,)}, None),
+    (Dropout(type="Dropout", rate=0.5), (4, 5, 3), {}, (3, 4, 5)),  # HWC -> CHW, every value
+    (Dropout(type="Dropout", rate=0.5, noise_shape=[None, 1, 1, 1]), (4, 5, 3), {}, (1, 1, 1)),  # per sample
+    (Dropout(type="Dropout", rate=0.5, noise_shape=[None, 1, 1, None]), (4, 5, 3), {}, (3, 1, 1)),  # per channel
+    (Dropout(type="Dropout", rate=0.5, noise_shape=[None, 4, 1, 3]), (4, 5, 3), {}, (3, 4, 1)),  # sizes as written
+    (Dropout(type="Dropout", rate=0.5, noise_shape=[None, 1]), (10,), {}, (1,)),
+    (SpatialDropout2D(type="SpatialDropout2D", rate=0.2), (4, 5, 3), {}, (3, 1, 1)),  # Keras: (N, 1, 1, C)
+    (StochasticDepth(type="StochasticDepth", drop_path_rate=0.1), (4, 5, 3), {}, (1, 1, 1)),  # Keras: (N, 1, 1, 1)
+    (StochasticDepth(type="StochasticDepth", drop_path_rate=0.1), (10,), {}, (1,)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "params", "mask"), SAME_SHAPE_CASES)
+def test_shape_keeping_layers(layer, shape, params, mask) -> None:
+    assert layer.output_shape(shape) == shape
+    assert layer.param_shapes(shape) == params
+    if mask is not None:
+        before = [{"type": "Flatten"}, {"type": "Dense", "units": 10}] if len(shape) == 1 else []
+        after = [{"type": "Flatten"}, {"type": "Dense", "units": 2}]
+        layers = [*before, layer.model_dump(mode="json", exclude_none=True), *after]
+        spec = spec_from_data({"name": "m", "input": {"shape": [4, 5, 3]}, "layers": layers})
+        from cnnspec.analysis import check
+        from cnnspec.training.optimizers import Optimizer
+        from cnnspec.training.program import build_train_step
+
+        program = build_train_step(spec, check(spec), Optimizer())
+        assert list(program.masks.values()) == [mask]
+
+
+GN = GroupNormalization(type="GroupNormalization")
+SHAPE_FAILURES = [  # (layer, input, field, words in the message)
+    (GN, (4, 4, 48), "groups", "groups=32 must divide the input channels (48)"),
+    (GroupNormalization(type="GroupNormalization", groups=5), (10, 10, 8), "groups", "8 / 5 is not whole"),
+    (GroupNormalization(type="GroupNormalization", groups=4), (6,), "groups", "the input units (6)"),
+    (LayerScale(type="LayerScale", init_values=0, projection_dim=8), (4, 4, 6), "projection_dim", "input channels (6)"),
+    (Dropout(type="Dropout", rate=0.1, noise_shape=[1, 1, 1]), (4, 4, 6), "noise_shape", "has 3 entries"),
+    (Dropout(type="Dropout", rate=0.1, noise_shape=[1, 1, 1, 1]), (4, 4, 6), "noise_shape", "batch entry must be null"),
+    (Dropout(type="Dropout", rate=0.1, noise_shape=[None, 2, 1, 1]), (4, 4, 6), "noise_shape", "has size 4"),
+    (SpatialDropout2D(type="SpatialDropout2D", rate=0.1), (16,), None, "needs an image input"),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "field", "words"), SHAPE_FAILURES)
+def test_shape_failures_name_the_field(layer, shape, field, words) -> None:
+    with pytest.raises(ShapeError) as info:
+        layer.output_shape(shape)
+    assert info.value.field == field and words in info.value.message and info.value.hint
+
+
+def test_group_normalization_hint_lists_the_divisors() -> None:
+    with pytest.raises(ShapeError) as info:
+        GroupNormalization(type="GroupNormalization").output_shape((4, 4, 48))
+    assert "one of the divisors of 48 (1, 2, 3, 4, 6, 8, 12, 16, 24, 48)" in info.value.hint
 
 
 def test_the_failing_axis_is_named() -> None:

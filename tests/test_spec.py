@@ -66,6 +66,11 @@ KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "PReLU": "p_re_lu",
     "ELU": "elu",
     "Softmax": "softmax",
+    "LayerNormalization": "layer_normalization",
+    "GroupNormalization": "group_normalization",
+    "SpatialDropout2D": "spatial_dropout2d",
+    "StochasticDepth": "stochastic_depth",  # Keras's ConvNeXt layer: the class name in snake case
+    "LayerScale": "layer_scale",
 }
 
 

@@ -188,14 +188,47 @@ RESIDUAL_BN = dict(
     layers=[STEM, {"type": "BatchNormalization", "name": "stem_bn"}, dict(USE, inputs="stem_bn"), *REST],
 )
 
+NORMS = dict(  # the per-sample normalizations, LayerScale and every broadcast mask (ConvNeXt-like residual)
+    NET,
+    name="norms",
+    layers=[
+        {"type": "Conv2D", "name": "stem", "filters": 8, "kernel_size": 3, "padding": "same"},
+        {"type": "GroupNormalization", "groups": 4},
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "gelu"},
+        {"type": "LayerNormalization"},
+        {"type": "LayerScale", "init_values": 0.5, "projection_dim": 8},
+        {"type": "StochasticDepth", "drop_path_rate": 0.2, "name": "drop_path"},
+        {"type": "Add", "inputs": ["stem", "drop_path"]},
+        {"type": "SpatialDropout2D", "rate": 0.2},
+        {"type": "MaxPooling2D"},
+        {"type": "Dropout", "rate": 0.2, "noise_shape": [None, 1, None, 1]},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 2, "activation": "softmax"},
+    ],
+)
+
 
 CONV_VARIANTS = dict(  # DepthwiseConv2D, SeparableConv2D and Conv2DTranspose in one net (a small encoder-decoder)
     NET,
     name="conv-variants",
     layers=[
         {"type": "DepthwiseConv2D", "kernel_size": 3, "depth_multiplier": 4, "padding": "same", "activation": "relu"},
-        {"type": "SeparableConv2D", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
-        {"type": "Conv2DTranspose", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+        {
+            "type": "SeparableConv2D",
+            "filters": 8,
+            "kernel_size": 3,
+            "strides": 2,
+            "padding": "same",
+            "activation": "relu",
+        },
+        {
+            "type": "Conv2DTranspose",
+            "filters": 4,
+            "kernel_size": 3,
+            "strides": 2,
+            "padding": "same",
+            "activation": "relu",
+        },
         {"type": "GlobalAveragePooling2D"},
         {"type": "Dense", "units": 2, "activation": "softmax"},
     ],
@@ -306,7 +339,9 @@ def test_train_step_graph_is_standard_domain_only():
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
-@pytest.mark.parametrize("net", [NET, RESIDUAL_BN, CONV_VARIANTS], ids=["chain", "graph", "conv-variants"])
+@pytest.mark.parametrize(
+    "net", [NET, RESIDUAL_BN, CONV_VARIANTS, NORMS], ids=["chain", "graph", "conv-variants", "norms"]
+)
 def test_cuda_matches_cpu(net):
     spec = spec_from_data(net)
     settings = resolve_settings(spec, epochs=1)
@@ -314,6 +349,29 @@ def test_cuda_matches_cpu(net):
     gpu = train_model(spec, separable(), None, settings, device="cuda", log=lambda line: None)
     for k in cpu.params:
         np.testing.assert_allclose(gpu.params[k], cpu.params[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("run", [{}, {"threads": 2, "batch_size": 32}], ids=["one-session", "two-shards"])
+def test_per_sample_normalizations_and_broadcast_masks_train(run):
+    """LayerNormalization and GroupNormalization keep each sample's statistics to itself, so the batch may run
+    as shards; the masks ([N, 8, 1, 1], [N, 1, 1, 1], and [N, 1, 1, 4] from Keras's (N, 1, W, 1)) are sliced
+    with the batch."""
+    result = train(net=NORMS, epochs=6, **run)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_broadcast_masks_drop_whole_samples_channels_and_columns():
+    spec = spec_from_data(NORMS)
+    program = build_train_step(spec, check(spec), Optimizer())
+    assert program.masks == {"drop_path.mask": (1, 1, 1), "spatial_dropout2d.mask": (8, 1, 1),
+                             "dropout.mask": (1, 1, 4)}  # fmt: skip
+    masks = dropout_masks(program, 0, 0, 0, 400)
+    for name, rate in program.rates.items():
+        mask = masks[name]
+        assert mask.shape == (400, *program.masks[name])
+        assert set(np.unique(mask)) <= {0.0, np.float32(1 / (1 - rate))}
+        assert abs((mask == 0).mean() - rate) < 0.06  # Bernoulli(rate) drops
 
 
 def test_schedules():

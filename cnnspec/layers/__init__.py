@@ -12,9 +12,10 @@ from .conv import Conv2D, ZeroPadding2D
 from .conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
-from .normalization import BatchNormalization
+from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .reshaping import Cropping2D, Identity, Rescaling, Reshape, UpSampling2D
+from .regularization import LayerScale, SpatialDropout2D, StochasticDepth
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,
@@ -48,6 +49,11 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     PReLU,
     ELU,
     Softmax,
+    LayerNormalization,
+    GroupNormalization,
+    SpatialDropout2D,
+    StochasticDepth,
+    LayerScale,
 )
 LAYERS_BY_TYPE: dict[str, type[Layer]] = {
     kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from ..shapes import numel
 from .activations import activation_grad, lower_activation
@@ -109,32 +112,96 @@ class Flatten(Layer):
         return g.op("Reshape", [dy, ints(g, ctx.name, [-1, *hwc_to_chw(ctx.in_shape)])], ctx.name), {}
 
 
+def _noise_shape_check(value: Any) -> Any:
+    """Keras's noise_shape: a list with the batch axis first, each entry null (the input's size) or an integer ≥ 1."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or not 2 <= len(value) <= 4
+        or any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1) for v in value)
+    ):
+        raise PydanticCustomError(
+            "cnnspec_noise_shape",
+            "must be a list of 2 to 4 entries (the batch axis first, as Keras), each null or an integer ≥ 1, "
+            "e.g. [null, 1, 1, 1], got {got}",
+            {"got": repr(value)},
+        )
+    return tuple(value)
+
+
+NoiseShape = Annotated[
+    tuple[int | None, ...] | None,
+    BeforeValidator(_noise_shape_check, json_schema_input_type=list[int | None] | None),
+]
+
+
 class Dropout(Layer):
-    """Zeroes a fraction `rate` of values in training (scaling the rest by 1/(1-rate)); absent at inference."""
+    """Zeroes a fraction `rate` of values in training (scaling the rest by 1/(1-rate)); absent at inference.
+
+    `noise_shape` is Keras's: the shape of the drawn mask, channels-last with the batch axis first, each entry
+    null (that axis's size) or 1 (one draw broadcast along it), e.g. [null, 1, 1, 1] drops whole samples
+    (EfficientNet's drop-connect), [null, 1, 1, null] whole channels. The batch entry must be null: every
+    sample draws its own mask.
+    """
 
     type: Literal["Dropout"]
     rate: Float(ge=0.0, lt=1.0)
+    noise_shape: NoiseShape = None  # None is left out of the normalized spec (exclude_none)
     keras_name: ClassVar[str] = "dropout"
 
     def output_shape(self, shape: Shape) -> Shape:
+        if self.noise_shape is not None:
+            self.mask_shape(shape)
         return shape
+
+    def mask_shape(self, shape: Shape) -> tuple[int, ...]:
+        """The per-sample mask shape in the model's layout (NCHW or units) for an input of Keras `shape`."""
+        from ..shapes import hwc_to_chw
+
+        if self.noise_shape is None:
+            return hwc_to_chw(shape)
+        written = "[" + ", ".join("null" if v is None else str(v) for v in self.noise_shape) + "]"
+        keras = ["null", *map(str, shape)]
+        if len(self.noise_shape) != len(shape) + 1:
+            example = "[null" + ", 1" * len(shape) + "]"
+            raise ShapeError(
+                "noise_shape",
+                f"noise_shape {written} has {len(self.noise_shape)} entries but the input (batch, "
+                f"{', '.join(map(str, shape))}) has {len(shape) + 1}: Keras counts the batch axis first",
+                f"write {len(shape) + 1} entries, e.g. {example} to drop whole samples",
+            )
+        if self.noise_shape[0] is not None:
+            raise ShapeError(
+                "noise_shape",
+                f"noise_shape {written}: the batch entry must be null (cnnspec draws one mask per sample), "
+                f"got {self.noise_shape[0]}",
+                f"write null first: [null, {', '.join('null' if v is None else str(v) for v in self.noise_shape[1:])}]",
+            )
+        sizes = []
+        for axis, (entry, size) in enumerate(zip(self.noise_shape[1:], shape, strict=True)):
+            if entry not in (None, 1, size):
+                raise ShapeError(
+                    "noise_shape",
+                    f"noise_shape {written}: entry {axis + 1} is {entry} but that axis of the input "
+                    f"[{', '.join(keras)}] has size {size}; a mask axis must be 1 (broadcast) or the axis's size",
+                    f"write 1 or null at entry {axis + 1}",
+                )
+            sizes.append(size if entry is None else entry)
+        return hwc_to_chw(tuple(sizes))
 
     def lower(self, g: GraphBuilder, x: str, ctx: Lowering) -> str:
         if not ctx.training:
             return x
-        # The mask is a graph input (`<name>.mask`: 0 or 1/(1-rate) per value), drawn by the training
-        # loop from a generator keyed on (seed, epoch, step): reproducible and resumable, unlike
-        # RandomUniform's fixed seed attribute.
-        from ..shapes import hwc_to_chw
+        from .regularization import apply_mask
 
-        mask = f"{ctx.name}.mask"
-        ctx.saved.update(x=x, mask=mask)
-        ctx.masks[mask] = (hwc_to_chw(ctx.in_shape), self.rate)
-        return g.op("Mul", [x, mask], ctx.name)
+        return apply_mask(g, x, ctx, self.mask_shape(ctx.in_shape), self.rate)
 
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
-        """y = x ⊙ mask:  dx = dy ⊙ mask."""
-        return g.op("Mul", [dy, ctx.saved["mask"]], ctx.name), {}
+        """y = x ⊙ mask (broadcast where noise_shape has 1s):  dx = dy ⊙ mask."""
+        from .regularization import mask_backward
+
+        return mask_backward(g, dy, ctx)
 
 
 class Activation(Layer):

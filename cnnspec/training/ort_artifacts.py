@@ -17,6 +17,8 @@ its own `onnxruntime` module, so it lives in its own environment (SETUP below). 
   native crash becomes a clear error, never a dead CLI.
 - Its CrossEntropyLoss reads logits: a final softmax (activation or Softmax layer) is left out of the graph
   it differentiates.
+- ONNX's Dropout has no noise shape: a mask broadcast over whole channels or samples (Dropout's noise_shape,
+  SpatialDropout2D, StochasticDepth) is a Dropout of ones of the mask's shape, times x (`_broadcast_dropout`).
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ def training_graph(spec: Spec, report: Report, params: dict[str, np.ndarray], se
 
 def _lower_layer(g, layer, xs: list[str], ctx, seed: int) -> str:
     x = xs[0]
+    if layer.type in BROADCAST_DROPS and (layer.type != "Dropout" or layer.noise_shape is not None):
+        shape, rate = BROADCAST_DROPS[layer.type](layer, ctx.in_shape)
+        return x if rate == 0 else _broadcast_dropout(g, x, ctx, shape, rate, seed)
     if layer.type == "Dropout":
         if layer.rate == 0:
             return x
@@ -190,6 +195,31 @@ def _lower_layer(g, layer, xs: list[str], ctx, seed: int) -> str:
             total = g.op("Add", [total, term], ctx.name)
         return total if layer.type == "Add" else g.op("Div", [total, g.constant(ctx.name, float(len(xs)))], ctx.name)
     return layer.lower_node(g, xs, ctx)
+
+
+BROADCAST_DROPS = {  # layer type -> (per-sample NCHW mask shape, rate) of its mask
+    "Dropout": lambda layer, shape: (layer.mask_shape(shape), layer.rate),
+    "SpatialDropout2D": lambda layer, shape: ((shape[-1], 1, 1), layer.rate),
+    "StochasticDepth": lambda layer, shape: ((1,) * len(shape), layer.drop_path_rate),
+}
+
+
+def _broadcast_dropout(g, x: str, ctx, shape: tuple[int, ...], rate: float, seed: int) -> str:
+    """A mask broadcast over some axes (Keras's noise_shape: whole channels, whole samples) from ONNX Dropout.
+
+    ONNX's Dropout has no noise_shape, so it drops a tensor of ones of the mask's shape [N, *shape]: its output
+    is 0 or 1/(1 - rate), the mask, and y = x ⊙ mask. ORT's eval model turns training mode off, so the mask is
+    then all ones and y = x. The ones come from Shape(x), which has no gradient: only the Mul is differentiated.
+    """
+    from onnx import helper
+
+    scope = ctx.name
+    batch = g.op("Slice", [g.op("Shape", [x], scope), *(g.constant(scope, [v], "int64") for v in (0, 1))], scope)
+    dims = g.op("Concat", [batch, g.constant(scope, list(shape), "int64")], scope, axis=0)
+    ones = g.op("ConstantOfShape", [dims], scope, value=helper.make_tensor("value", 1, [1], [1.0]))
+    ratio, on = _scalar(g, scope, np.float32(rate)), _scalar(g, scope, np.bool_(True))
+    mask = g.op("Dropout", [ones, ratio, on], scope, outputs=2, seed=int(seed))[0]
+    return g.op("Mul", [x, mask], scope)
 
 
 def _scalar(g, scope: str, value: Any) -> str:

@@ -184,3 +184,46 @@ def test_rewritten_ops_evaluate_like_the_compiled_model(tmp_path, ort_training):
     expected = ReferenceEvaluator(build_inference_model(spec, report, params)).run(["output"], {"input": x})[0]
     softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-6)
+
+
+BROADCAST_DROPS = {  # layer -> how the mask repeats over the 3 channels of the logits
+    "StochasticDepth": ({"type": "StochasticDepth", "drop_path_rate": 0.5}, "sample"),
+    "Dropout noise_shape per sample": ({"type": "Dropout", "rate": 0.5, "noise_shape": [None, 1, 1, 1]}, "sample"),
+    "SpatialDropout2D": ({"type": "SpatialDropout2D", "rate": 0.5}, "channel"),
+    "Dropout noise_shape per channel": ({"type": "Dropout", "rate": 0.5, "noise_shape": [None, 1, 1, None]}, "channel"),
+}
+
+
+@pytest.mark.parametrize(("layer", "unit"), BROADCAST_DROPS.values(), ids=BROADCAST_DROPS.keys())
+def test_broadcast_drops_drop_whole_samples_or_channels_in_training_only(tmp_path, ort_training, layer, unit):
+    """ONNX Dropout has no noise_shape: the backend drops a tensor of ones of the mask's shape and multiplies.
+    With the head made the identity, the logits are the pooled channels times the mask: each 0 or 2x its eval
+    value, the same for a whole sample (StochasticDepth) or per channel (SpatialDropout2D), and no drop in eval."""
+    _, api = ort_training
+    spec = spec_from_data(make_spec([{"type": "Conv2D", "filters": 3, "kernel_size": 1}, layer,
+                                     {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 3}]))  # fmt: skip
+    report = check(spec)
+    params = initial_params(spec, report, 2)
+    params |= {  # positive pooled channels (x > 0), and the head passes them through as the logits
+        "conv2d.weight": np.abs(params["conv2d.weight"]) + 0.1, "conv2d.bias": np.full(3, 0.5, np.float32),
+        "dense.weight": np.eye(3, dtype=np.float32), "dense.bias": np.zeros(3, np.float32),
+    }  # fmt: skip
+    ort_artifacts.generate_artifacts(
+        ort_artifacts.training_graph(spec, report, params), ort_artifacts.trainable(spec, report),
+        ort_artifacts.OptimizerConfig(), tmp_path,
+    )  # fmt: skip
+    trainer = ort_artifacts.OrtTrainer(tmp_path, api)
+    x = np.random.default_rng(3).uniform(1, 255, (64, 2, 7, 7)).astype(np.float32)
+    y = np.arange(64) % 3
+    trainer.module.eval()
+    _, pooled = trainer.module(x, y)
+    expected = ReferenceEvaluator(build_inference_model(spec, report, params)).run(["output"], {"input": x})[0]
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5)  # no softmax at the end: the output is the logits
+    trainer.module.train()
+    _, dropped = trainer.module(x, y)
+    mask = dropped / pooled
+    np.testing.assert_allclose(np.where(mask < 1, 0.0, mask), np.where(mask < 1, 0.0, 2.0), rtol=1e-5)
+    kept = mask > 1
+    per_sample = (kept == kept[:, :1]).all(axis=1)
+    assert per_sample.all() if unit == "sample" else not per_sample.all()
+    assert 0.3 < kept.mean() < 0.7

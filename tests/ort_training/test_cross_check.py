@@ -69,6 +69,16 @@ CASES = {
                  "activation": "tanh"}, FLAT],
     "transpose first layer same even kernel": [
         {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"}, FLAT],
+    "layer normalization": [conv(activation="relu"), {"type": "LayerNormalization"}, FLAT],
+    "layer normalization flat, no center": [FLAT, {"type": "LayerNormalization", "center": False, "epsilon": 0.01}],
+    "group normalization": [conv(filters=6, padding="same"), {"type": "GroupNormalization", "groups": 3}, FLAT],
+    "group normalization instance, no scale": [  # no conv bias: its gradient is 0 (the statistics remove it)
+        conv(use_bias=False),
+        {"type": "GroupNormalization", "groups": -1, "scale": False},
+        FLAT,
+    ],
+    "group normalization flat": [FLAT, {"type": "Dense", "units": 8}, {"type": "GroupNormalization", "groups": 2}],
+    "layer scale": [conv(activation="tanh"), {"type": "LayerScale", "init_values": 0.3, "projection_dim": 4}, FLAT],
     "activation layers": [
         FLAT,
         {"type": "Dense", "units": 6},
