@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,25 +43,39 @@ class Result:
     cpu_s: float
 
 
+# A small launcher forks the command and reports the child's own rusage. NOTE: on Linux a process's maxrss starts
+# at its parent's RSS when it is forked and survives exec, so a child forked straight from this pytest process
+# (hundreds of MB after compiling ResNet-50 in other tests) would report pytest's memory, not the command's.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "cnnspec", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "rss_kb": usage.ru_maxrss,
+               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+"""
+
+
 def cli(args: list[str], cwd: Path, timeout: float = 60, env: dict | None = None) -> Result:
     """Run `python -m cnnspec ARGS` in `cwd`; outputs go to files outside `cwd` so they never count as strays."""
     logs = cwd.parent / f"{cwd.name}-logs"
     logs.mkdir(exist_ok=True)
+    usage_file = logs / "usage.json"
+    usage_file.unlink(missing_ok=True)
     with open(logs / "out", "wb") as out, open(logs / "err", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cnnspec", *args], cwd=cwd, stdout=out, stderr=err,
-                                env={**os.environ, **(env or {})})  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:  # os.wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix all children)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"cnnspec {args} did not finish in {timeout} s")
-            time.sleep(0.01)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(usage_file), *args], cwd=cwd, stdout=out,
+                                    stderr=err, env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+        try:
+            launcher.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and the command it forked
+            launcher.wait()
+            pytest.fail(f"cnnspec {args} did not finish in {timeout} s")
+    usage = json.loads(usage_file.read_text())
     out, err = ((logs / name).read_text(errors="replace") for name in ("out", "err"))
-    return Result(proc.returncode, out, err, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Result(usage["code"], out, err, usage["rss_kb"] / 1024, usage["cpu_s"])
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
