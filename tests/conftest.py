@@ -45,3 +45,15 @@ def assert_no_traceback(*outputs: str) -> None:
     """No output a user sees may contain a Python traceback."""
     for text in outputs:
         assert "Traceback" not in text, text
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts as Ctrl-C would: SIGINT at its default action.
+
+    NOTE: a child inherits an ignored SIGINT (a test run started in the background by a non-interactive shell,
+    or under nohup) and Python then leaves it ignored, so the child would sleep through the test's Ctrl-C: the
+    paused writer of test_crash_safety then finished its rename and exited 0 instead of 130.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

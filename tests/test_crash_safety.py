@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 from cnnspec.errors import CnnspecError
 from cnnspec.files import TEMP_SUFFIX, atomic_write, stale_temps
@@ -106,7 +107,9 @@ def test_kill_9_at_random_times_leaves_old_or_new(big: dict, tmp_path: Path) -> 
 
 def _paused_writer(spec: Path, out: Path, seed: int) -> subprocess.Popen:
     env = {**os.environ, "CNNSPEC_TEST_HOOK": "pause_before_replace"}
-    proc = subprocess.Popen(compile_args(spec, out, seed), stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        compile_args(spec, out, seed), stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    )
     line = proc.stderr.readline()  # the writer says when it has fsynced the temp file and is about to rename
     assert "paused before replace" in line, line
     return proc
@@ -155,7 +158,9 @@ def test_ctrl_c_during_compile_exits_130_without_temp_files(tmp_path: Path) -> N
 def test_ctrl_c_while_writing_a_large_model(big: dict, tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     out.write_bytes(big["old"])
-    proc = subprocess.Popen(compile_args(big["spec"], out, 2), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        compile_args(big["spec"], out, 2), stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 60
     while not stale_temps(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)  # wait until the temp file exists: the write is under way

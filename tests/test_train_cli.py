@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import default_sigint
 from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(work: Path):
     straight = cnnspec(*run_args(work, "straight.onnx"))
     assert straight.returncode == 0, straight.stderr
     args = [sys.executable, "-m", "cnnspec", *map(str, run_args(work, "r.onnx", "--checkpoint-dir", work / "ck"))]
-    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     for line in proc.stderr:
         if line.startswith("epoch 2/"):
             proc.send_signal(signal.SIGINT)
