@@ -6,7 +6,6 @@ hands them to the native loop (training/trainer.py) or the onnxruntime-training 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from .sessions import resolve_device
 from .spec import Spec, load_spec
 from .training.loop import Data, Result, Settings, split
 from .training.program import build_train_step
-from .training.trainer import resolve_settings, train_model
+from .training.trainer import resolve_settings, train_model, write_metrics
 
 
 def load_data(
@@ -69,26 +68,30 @@ def train_command(
         atomic_write(export_train_step, model_bytes(program.model))
     train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
     if backend == "ort-training":
-        return _ort_training(spec, train, output, held, checkpoint_dir, resume, metrics_json, overrides)
-    result = train_model(
-        spec,
-        train,
-        held,
-        settings,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        threads=threads,
-        progress=True,
-    )
+        result = _ort_backend().train_model(
+            spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
+            progress=True,
+        )  # fmt: skip
+    else:
+        result = train_model(
+            spec,
+            train,
+            held,
+            settings,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            threads=threads,
+            progress=True,
+        )
     atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
     if metrics_json is not None:
-        atomic_write(metrics_json, (json.dumps(result.history, indent=2) + "\n").encode())
+        write_metrics(metrics_json, result.history)
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
     return result
 
 
-def _ort_training(spec: Spec, train: Data, output: Path, held, checkpoint_dir, resume, metrics_json, overrides):
+def _ort_backend():
     """--backend ort-training: the optional onnxruntime-training backend (its own module, its own venv)."""
     try:
         from .training import ort_backend
@@ -96,14 +99,4 @@ def _ort_training(spec: Spec, train: Data, output: Path, held, checkpoint_dir, r
         raise CnnspecError(
             f"--backend ort-training is not available in this install ({exc}); use --backend native"
         ) from None
-    history = ort_backend.train(
-        spec,
-        train,
-        output,
-        val_data=held,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        metrics_json=metrics_json,
-        **{k: v for k, v in overrides.items() if k != "val_split"},  # the split is already made (load_data)
-    )
-    return Result({}, history)
+    return ort_backend

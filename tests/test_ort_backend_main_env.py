@@ -178,20 +178,6 @@ def test_conv_transpose_lowered_for_ort_training_computes_the_compiled_model(tra
     np.testing.assert_allclose(probabilities / probabilities.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
-def test_learning_rate_schedule_is_the_native_loops(schedule):
-    from cnnspec.spec import Training
-    from cnnspec.training.trainer import resolve_settings
-
-    training = {"schedule": schedule, "step_epochs": 2, "epochs": 5, "learning_rate": 0.1}
-    spec = spec_from_data(
-        {"name": "s", "input": {"shape": [2, 2, 1]}, "layers": [{"type": "Flatten"}], "training": training}
-    )
-    native, training = resolve_settings(spec), spec.training or Training()
-    for epoch, step in [(0, 0), (1, 4), (2, 9), (4, 17), (4, 19)]:
-        assert ort_backend.learning_rate_at(training, epoch, step, 4) == pytest.approx(native.lr_at(epoch, step, 4))
-
-
 @pytest.mark.parametrize(
     ("layer", "per_sample"),
     [({"type": "StochasticDepth", "drop_path_rate": 0.5}, True), ({"type": "SpatialDropout2D", "rate": 0.5}, False),
@@ -221,3 +207,92 @@ def test_broadcast_drops_in_the_graph_given_to_ort_training(layer, per_sample):
     kept = dropped > pooled
     np.testing.assert_allclose(dropped, np.where(kept, 2 * pooled, 0.0), rtol=1e-5)
     assert ((kept == kept[:, :1]).all() if per_sample else not (kept == kept[:, :1]).all()) and 0.3 < kept.mean() < 0.7
+
+
+class FakeTrainer:
+    """OrtTrainer's surface (step/evaluate/params/set_params/checkpoint_bytes) without onnxruntime-training: one
+    weight w, an update w -= lr * (w - target) and ORT's own step count, which only its checkpoint carries."""
+
+    def __init__(self, checkpoint: bytes | None, log: list) -> None:
+        import json
+
+        saved = json.loads(checkpoint) if checkpoint is not None else {"w": 0.0, "updates": 0}
+        self.w, self.updates, self.log = np.float32(saved["w"]), saved["updates"], log
+
+    def step(self, x, y, lr):
+        self.log.append(lr)
+        self.w = np.float32(self.w - lr * (self.w - x.mean()))
+        self.updates += 1
+        return float((self.w - x.mean()) ** 2), int(len(y) // 2)
+
+    def evaluate(self, x, y, batch):
+        return float(abs(self.w - 3.0)), 0.5  # best (lowest) at w = 3: patience then stops the run
+
+    def params(self, names):
+        return {"w": np.array([self.w], np.float32)}
+
+    def set_params(self, params):
+        self.w = np.float32(params["w"][0])
+
+    def checkpoint_bytes(self):
+        import json
+
+        return json.dumps({"w": float(self.w), "updates": self.updates}).encode()
+
+
+def fake_run(tmp_path, rates, *, epochs, resume=False, log=None, **training):
+    """ort_backend's runner over FakeTrainer, through the shared run_loop (as ort_backend.train_model does);
+    `epochs` as the command line's --epochs (a resumed run may ask for more)."""
+    from cnnspec.training.checkpoints import TrainState
+    from cnnspec.training.loop import Data
+    from cnnspec.training.trainer import resolve_settings, run_loop
+
+    spec = spec_from_data({"name": "f", "input": {"shape": [2, 2, 1]}, "layers": [{"type": "Flatten"}],
+                           "training": {"batch_size": 4, "learning_rate": 0.2, **training}})  # fmt: skip
+    settings = resolve_settings(spec, epochs=epochs)
+    x = np.linspace(0, 8, 40, dtype=np.float32).reshape(10, 1, 2, 2)
+    data = Data(x, np.arange(10) % 2)
+    opened = []
+
+    def open_trainer(checkpoint):
+        opened.append(checkpoint)
+        return FakeTrainer(checkpoint, rates)
+
+    runner = ort_backend.OrtStepRunner(open_trainer, ["w"])
+    fresh = lambda: TrainState({"w": np.zeros(1, np.float32)}, {})  # noqa: E731
+    result = run_loop(spec, data, data, settings, None, runner, runner.evaluate, fresh, backend="ort-training",
+                      checkpoint_dir=tmp_path / "ck", resume=resume, log=log or (lambda line: None))  # fmt: skip
+    return result, settings, runner, opened
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
+def test_the_ort_runner_gets_the_native_loops_learning_rate_schedule(tmp_path, schedule):
+    rates = []
+    _, settings, runner, _ = fake_run(tmp_path, rates, schedule=schedule, step_epochs=2, epochs=5)
+    assert len(rates) == 5 * 3 and runner.trainer.updates == 15  # 10 samples in batches of 4
+    assert rates == [settings.lr_at(i // 3, i, 3) for i in range(15)]
+
+
+def test_early_stopping_and_resume_of_the_ort_runner_come_from_the_native_loop(tmp_path):
+    """patience restores the best weights and stops; the checkpoint holds ORT's checkpoint (its step count
+    included), and a resumed run continues it: the same rates, weights and metrics as an uninterrupted run."""
+    lines, rates = [], []
+    whole, *_ = fake_run(tmp_path / "a", rates, epochs=30, patience=2, log=lines.append)
+    assert whole.stopped_early and any(line.startswith("early stopping") for line in lines)
+    assert whole.best_epoch == min(whole.history, key=lambda row: row["val_loss"])["epoch"]
+    assert len(whole.history) == whole.best_epoch + 2
+
+    first_rates = []
+    part, *_ = fake_run(tmp_path / "b", first_rates, epochs=2, patience=2)
+    again = []
+    resumed, _, runner, opened = fake_run(tmp_path / "b", again, resume=True, epochs=30, patience=2)
+    assert opened[0] is not None and runner.trainer.updates == len(rates)  # ORT's own count went on
+    assert first_rates + again == rates
+    assert resumed.history == [dict(row, seconds=r["seconds"]) for row, r in zip(whole.history, resumed.history)]
+    assert np.array_equal(resumed.params["w"], whole.params["w"]) and resumed.best_epoch == whole.best_epoch
+
+
+def test_ort_backend_has_no_loop_of_its_own():
+    """Schedules, early stopping and checkpoints live in loop.py/checkpoints.py only (issue 11)."""
+    for name in ("learning_rate_at", "_Run", "_npz_bytes"):
+        assert not hasattr(ort_backend, name)

@@ -97,9 +97,11 @@ class Loop:
     """One training run; `run()` continues from `state` (fresh or loaded from a checkpoint)."""
 
     settings: Settings
-    program: Program
-    runner: StepRunner | ShardedStepRunner
-    evaluator: Evaluator
+    program: Program | None
+    """Gives the Dropout masks each step is fed; None: the runner draws its own (the ort-training backend)."""
+    runner: StepRunner | ShardedStepRunner | Any
+    """load/step/params/state: StepRunner, ShardedStepRunner or ort_backend.OrtStepRunner."""
+    evaluator: Evaluator | Callable[..., tuple[float, float]]
     train: Data
     val: Data | None
     state: TrainState
@@ -156,7 +158,7 @@ class Loop:
 
     def _step(self, index: np.ndarray) -> None:
         s, st = self.settings, self.state
-        masks = dropout_masks(self.program, s.seed, st.epoch, st.batch, len(index))
+        masks = {} if self.program is None else dropout_masks(self.program, s.seed, st.epoch, st.batch, len(index))
         lr = s.lr_at(st.epoch, st.step, self.batches)
         loss, correct = self.runner.step(self.train.x[index], self.train.y[index], lr, st.step, masks)
         if not math.isfinite(loss):

@@ -1,6 +1,7 @@
 """onnxruntime-training 1.19.2's artifacts for a spec: the import without torch, what it refuses, the graph
 it differentiates, the four artifacts (`cnnspec export-artifacts`) and OrtTrainer, which loads them. The
-training loop over them is ort_backend.py, which imports this module (never the other way round).
+training over them is ort_backend.py (the native loop through a runner), which imports this module (never the
+other way round).
 
 onnxruntime-training is frozen at 1.19.2 (Python <= 3.11, CPU wheel `onnxruntime-training-cpu`) and installs
 its own `onnxruntime` module, so it lives in its own environment (SETUP below). Four quirks shape this file:
@@ -429,6 +430,11 @@ class OrtTrainer:
 
     def params(self, names: list[str]) -> dict[str, np.ndarray]:
         return {name: self.state.parameters[name].data.copy() for name in names}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Copy weights into the CheckpointState (the module trains on them; the optimizer state stays)."""
+        for name, value in params.items():
+            self.state.parameters[name] = np.ascontiguousarray(value, np.float32)
 
     def checkpoint_bytes(self) -> bytes:
         """The ORT checkpoint (weights and optimizer state) as bytes, for an atomic write."""

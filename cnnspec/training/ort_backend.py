@@ -1,17 +1,16 @@
 """The `ort-training` backend: train through onnxruntime-training 1.19.2's artifacts (an optional extra).
 
-The artifacts, and why they are made as they are, come from ort_artifacts.py. The result is the compile
-contract's inference model (`build_inference_model`) with the trained weights, not ORT's
+The artifacts, and why they are made as they are, come from ort_artifacts.py. The loop is the native one
+(trainer.run_loop: schedules, validation, early stopping, metrics, Ctrl-C, checkpoints, --resume) driving
+`OrtStepRunner`, an adapter with runner.py's load/step/params/state over `OrtTrainer`. The result is the
+compile contract's inference model (`build_inference_model`) with the trained weights, not ORT's
 `export_model_for_inferencing`, whose graph would carry the lowered ops of the training graph.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,12 @@ from .ort_artifacts import (
 
 if TYPE_CHECKING:
     from ..spec import Spec
+    from .loop import Data, Result, Settings
+
+ORT_STATE = "ort.checkpoint"
+"""The runner's one state array: ORT's checkpoint file (weights, optimizer state, its step count) as uint8.
+onnxruntime.training.api exposes parameters (get/set) but not the optimizer's moments, so the state travels
+as ORT's own file, inside the native checkpoint: LATEST (written last, with the sha256) commits both."""
 
 
 def one_step(
@@ -56,15 +61,84 @@ def one_step(
         return trainer.params(list(params))
 
 
-def learning_rate_at(training: Any, epoch: int, step_in_run: int, steps_per_epoch: int) -> float:
-    """As the native loop: constant η; step η·γ^⌊epoch/step_epochs⌋; cosine η·(1 + cos(π·t/T))/2 over all T steps."""
-    rate = training.resolved_learning_rate
-    if training.schedule == "step":
-        return rate * training.step_gamma ** (epoch // training.step_epochs)
-    if training.schedule == "cosine":
-        total = max(training.epochs * steps_per_epoch, 1)
-        return rate * 0.5 * (1 + math.cos(math.pi * step_in_run / total))
-    return rate
+class OrtStepRunner:
+    """The Loop's step runner (runner.py's load/step/params/state) over an `OrtTrainer`.
+
+    `open_trainer(checkpoint)` makes the trainer: from the artifacts' initial checkpoint (None) or from ORT
+    checkpoint bytes a run saved (resume). The Loop's `step` count is not fed (ORT's optimizer keeps its own,
+    in its checkpoint) and neither are Dropout masks: ORT's Dropout draws from its own generator.
+    """
+
+    def __init__(self, open_trainer: Callable[[bytes | None], Any], names: list[str]) -> None:
+        self._open, self.names = open_trainer, names
+        self.trainer: Any = None
+
+    def load(self, params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
+        """Open the trainer from ORT's checkpoint in `state` (the artifacts' one when fresh), then set `params`."""
+        saved = state.get(ORT_STATE)
+        self.trainer = self._open(None if saved is None else saved.tobytes())
+        self.trainer.set_params({name: params[name] for name in self.names})
+
+    def step(
+        self, x: np.ndarray, y: np.ndarray, lr: float, step: int, masks: dict[str, np.ndarray]
+    ) -> tuple[float, int]:
+        """One update at the loop's learning rate (ORT's set_learning_rate); the batch's mean loss and hits."""
+        return self.trainer.step(x, y, lr)
+
+    def params(self) -> dict[str, np.ndarray]:
+        return self.trainer.params(self.names)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {ORT_STATE: np.frombuffer(self.trainer.checkpoint_bytes(), np.uint8).copy()}
+
+    def evaluate(self, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
+        """The Loop's evaluator: ORT's eval model (Dropout off) on the trainer's weights, which are `params`
+        (the Loop evaluates right after reading them from this runner)."""
+        return self.trainer.evaluate(x, y, batch)
+
+
+def train_model(
+    spec: Spec,
+    train: Data,
+    val: Data | None,
+    settings: Settings,
+    *,
+    overrides: dict[str, Any] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log=None,
+) -> Result:
+    """As trainer.train_model, through onnxruntime-training; `settings` is `resolve_settings(spec, **overrides)`
+    (the artifacts bake the optimizer's constants, so they are made from the spec with the overrides; the
+    checkpoints' fingerprint is the native one, of the spec as given and the settings)."""
+    from ..analysis import check
+    from ..compiler import initial_params
+    from .checkpoints import TrainState
+    from .trainer import run_loop
+
+    given = spec
+    spec = with_overrides(spec, overrides or {})
+    report = check(spec)
+    check_supported(spec)
+    _, api = load_ort_training()
+    names = list(report.param_shapes)
+    with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
+        folder = Path(temp)
+        params = initial_params(spec, report, settings.seed)
+        generate_artifacts(training_graph(spec, report, params, settings.seed), trainable(spec, report),
+                           OptimizerConfig.of(spec), folder)  # fmt: skip
+
+        def open_trainer(checkpoint: bytes | None) -> OrtTrainer:
+            if checkpoint is None:
+                return OrtTrainer(folder, api)
+            (folder / "resumed.ckpt").write_bytes(checkpoint)
+            return OrtTrainer(folder, api, folder / "resumed.ckpt")
+
+        runner = OrtStepRunner(open_trainer, names)
+        return run_loop(given, train, val, settings, None, runner, runner.evaluate, lambda: TrainState(params, {}),
+                        backend="ort-training", checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                        log=log)  # fmt: skip
 
 
 def train(
@@ -78,138 +152,30 @@ def train(
     metrics_json: Path | None = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
-    """`cnnspec train --backend ort-training`: the native loop's outputs through onnxruntime-training.
+    """`train_model` from Python: writes `output` (the inference model of the compile contract), `metrics_json`
+    and the checkpoints; returns the metrics.
 
     `train_data`/`val_data` have `x` (float32 raw NCHW) and `y` (int64); `overrides` are Training fields
-    (epochs, batch_size, learning_rate, seed, patience, ...) from the command line. Writes `output` (the
-    inference model of the compile contract), `metrics_json` and per-epoch checkpoints; returns the metrics.
+    (epochs, batch_size, learning_rate, seed, patience, ...) as the command line gives them.
     """
     from ..analysis import check
-    from ..compiler import build_inference_model, initial_params, model_bytes
+    from ..compiler import build_inference_model, model_bytes
     from ..files import atomic_write
+    from .loop import Data
+    from .trainer import resolve_settings, write_metrics
 
-    report = check(spec)
-    training = training_of(spec).model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    spec = spec.model_copy(update={"training": training})
-    check_supported(spec)
-    _, api = load_ort_training()
-    names = list(report.param_shapes)
-    with tempfile.TemporaryDirectory(prefix="cnnspec-ort-") as temp:
-        folder = Path(temp)
-        params = initial_params(spec, report, training.seed)
-        generate_artifacts(training_graph(spec, report, params, training.seed), trainable(spec, report),
-                           OptimizerConfig.of(spec), folder)  # fmt: skip
-        run = _Run(training, checkpoint_dir)
-        trainer = OrtTrainer(folder, api, run.resume_from() if resume else None)
-        best = run.loop(trainer, names, train_data, val_data)
-    atomic_write(output, model_bytes(build_inference_model(spec, report, best)))
+    settings = resolve_settings(spec, **overrides)
+    train_set = Data(train_data.x, train_data.y)
+    val_set = Data(val_data.x, val_data.y) if val_data is not None and len(val_data.y) else None
+    result = train_model(spec, train_set, val_set, settings, overrides=overrides, checkpoint_dir=checkpoint_dir,
+                         resume=resume)  # fmt: skip
+    atomic_write(output, model_bytes(build_inference_model(spec, check(spec), result.params)))
     if metrics_json is not None:
-        atomic_write(metrics_json, (json.dumps(run.metrics, indent=1) + "\n").encode())
-    return run.metrics
+        write_metrics(metrics_json, result.history)
+    return result.history
 
 
-class _Run:
-    """The epoch loop's state: metrics, early stopping and the checkpoint folder.
-
-    A checkpoint is `epoch-NNNNNN.ortckpt` (ORT's weights and optimizer state), `epoch-NNNNNN.json` (epoch,
-    metrics, early-stopping state) and, with patience, `best.npz`; `LATEST` names the newest and is written
-    last (the commit point). Shuffling is seeded by (seed, epoch), so a resumed run sees the same batches.
-    """
-
-    def __init__(self, training: Any, folder: Path | None) -> None:
-        self.training, self.folder = training, folder
-        self.metrics: list[dict[str, Any]] = []
-        self.start, self.best_loss, self.waited = 0, math.inf, 0
-        self.best: dict[str, np.ndarray] | None = None
-
-    def resume_from(self) -> Path | None:
-        from ..errors import UsageError
-
-        if self.folder is None:
-            raise UsageError("--resume needs --checkpoint-dir (the folder of an earlier run's checkpoints)")
-        marker = self.folder / "LATEST"
-        if not marker.is_file():
-            return None  # nothing saved yet: start from the beginning
-        stem = marker.read_text().strip()
-        info = json.loads((self.folder / f"{stem}.json").read_text())
-        self.metrics, self.start = info["metrics"], info["epoch"]
-        self.best_loss, self.waited = info["best_loss"], info["waited"]
-        if (self.folder / "best.npz").is_file():
-            with np.load(self.folder / "best.npz", allow_pickle=False) as saved:
-                self.best = {name: saved[name] for name in saved.files}
-        return self.folder / f"{stem}.ortckpt"
-
-    def loop(self, trainer: OrtTrainer, names: list[str], train_data: Any, val_data: Any) -> dict[str, np.ndarray]:
-        t = self.training
-        for epoch in range(self.start, t.epochs):
-            began = time.perf_counter()
-            row = self._epoch(trainer, train_data, epoch)
-            if val_data is not None and len(val_data.y):
-                row["val_loss"], row["val_accuracy"] = trainer.evaluate(val_data.x, val_data.y, t.batch_size)
-            row["seconds"] = round(time.perf_counter() - began, 4)
-            self.metrics.append(row)
-            stop = self._early_stopping(row, trainer, names)
-            self._checkpoint(trainer, epoch + 1)
-            self._show(row)
-            if stop:
-                break
-        return self.best if self.best is not None else trainer.params(names)
-
-    def _epoch(self, trainer: OrtTrainer, data: Any, epoch: int) -> dict[str, Any]:
-        t, n = self.training, len(data.y)
-        order = np.random.default_rng([t.seed, epoch]).permutation(n)
-        steps = math.ceil(n / t.batch_size)
-        total, correct = 0.0, 0
-        for i, start in enumerate(range(0, n, t.batch_size)):
-            batch = order[start : start + t.batch_size]
-            rate = learning_rate_at(t, epoch, epoch * steps + i, steps)
-            loss, hits = trainer.step(data.x[batch], data.y[batch], rate)
-            total, correct = total + loss * len(batch), correct + hits
-        return {"epoch": epoch + 1, "train_loss": total / n, "train_accuracy": correct / n,
-                "val_loss": None, "val_accuracy": None}  # fmt: skip
-
-    def _early_stopping(self, row: dict[str, Any], trainer: OrtTrainer, names: list[str]) -> bool:
-        """With patience: keep the weights of the best monitored loss (val_loss, else train_loss)."""
-        if self.training.patience is None:
-            return False
-        loss = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
-        if loss < self.best_loss:
-            self.best_loss, self.waited, self.best = loss, 0, trainer.params(names)
-            if self.folder is not None:
-                self._write("best.npz", _npz_bytes(self.best))
-            return False
-        self.waited += 1
-        return self.waited >= self.training.patience
-
-    def _checkpoint(self, trainer: OrtTrainer, epoch: int) -> None:
-        if self.folder is None:
-            return
-        stem = f"epoch-{epoch:06d}"
-        self._write(f"{stem}.ortckpt", trainer.checkpoint_bytes())
-        info = {"epoch": epoch, "metrics": self.metrics, "best_loss": self.best_loss, "waited": self.waited}
-        self._write(f"{stem}.json", json.dumps(info).encode())
-        self._write("LATEST", (stem + "\n").encode())  # last: the commit point
-        for old in self.folder.glob("epoch-*"):
-            if not old.name.startswith(stem):
-                old.unlink(missing_ok=True)
-
-    def _write(self, name: str, data: bytes) -> None:
-        from ..files import atomic_write
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / name, data)
-
-    def _show(self, row: dict[str, Any]) -> None:
-        if not sys.stderr.isatty():
-            return
-        val = f", val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
-        print(f"epoch {row['epoch']}/{self.training.epochs}: loss {row['train_loss']:.4f} "
-              f"acc {row['train_accuracy']:.4f}{val} ({row['seconds']:.2f} s)", file=sys.stderr)  # fmt: skip
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+def with_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
+    """The spec whose training section carries the command line's (non-None) overrides."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return spec.model_copy(update={"training": training_of(spec).model_copy(update=given)})

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ..spec import Spec, Training, normalized
 from .checkpoints import CheckpointDir, TrainState
 from .loop import Data, Loop, Result, Settings
 from .optimizers import Optimizer
+
+if TYPE_CHECKING:
+    from .program import Program
 
 
 def resolve_settings(spec: Spec, **overrides: Any) -> Settings:
@@ -41,12 +45,15 @@ def resolve_settings(spec: Spec, **overrides: Any) -> Settings:
     )
 
 
-def fingerprint(spec: Spec, settings: Settings, train: Data) -> str:
-    """What a checkpoint must match to be resumed: spec, settings (epochs aside) and training data."""
+def fingerprint(spec: Spec, settings: Settings, train: Data, backend: str = "native") -> str:
+    """What a checkpoint must match to be resumed: spec, settings (epochs aside), training data and backend
+    (a native checkpoint holds numpy optimizer state, an ort-training one ORT's checkpoint)."""
     h = hashlib.sha256(json.dumps(normalized(spec), sort_keys=True).encode())
     h.update(json.dumps({k: v for k, v in asdict(settings).items() if k != "epochs"}, sort_keys=True).encode())
     h.update(np.ascontiguousarray(train.x).tobytes())
     h.update(np.ascontiguousarray(train.y).tobytes())
+    if backend != "native":  # native fingerprints stay what they were: their checkpoints still resume
+        h.update(backend.encode())
     return h.hexdigest()
 
 
@@ -72,13 +79,40 @@ def train_model(
     report = check(spec)
     program, runner = step_runner(spec, report, settings, device, threads)
     evaluator = Evaluator(build_eval(spec, report, settings.label_smoothing), device, threads)
-    key = fingerprint(spec, settings, train)
+
+    def fresh() -> TrainState:
+        params = initial_params(spec, report, settings.seed)
+        return TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
+
+    return run_loop(spec, train, val, settings, program, runner, evaluator, fresh, checkpoint_dir=checkpoint_dir,
+                    resume=resume, progress=progress, log=log)  # fmt: skip
+
+
+def run_loop(
+    spec: Spec,
+    train: Data,
+    val: Data | None,
+    settings: Settings,
+    program: Program | None,
+    runner: Any,
+    evaluator: Any,
+    fresh: Callable[[], TrainState],
+    *,
+    backend: str = "native",
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log=None,
+) -> Result:
+    """The one training loop of every backend: checkpoint folder (lock, --resume, fingerprint), the start state
+    (`fresh()` or the latest checkpoint) and `Loop` over `runner` (load/step/params/state, runner.py's interface)
+    and `evaluator`. `program` gives the Dropout masks the loop draws; None: the runner draws its own."""
+    key = fingerprint(spec, settings, train, backend)
     with ExitStack() as stack:
         ckpt = stack.enter_context(CheckpointDir(checkpoint_dir)) if checkpoint_dir else None
         state = _start_state(ckpt, resume, key, log or _stderr)
         if state is None:
-            params = initial_params(spec, report, settings.seed)
-            state = TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
+            state = fresh()
             state.fingerprint, state.seed = key, settings.seed
         bar = stack.enter_context(_progress()) if progress else None
         loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar)
@@ -105,6 +139,13 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     return program, StepRunner(program, device, 1 if serial else threads)
 
 
+def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """--metrics-json: the loop's per-epoch rows, whatever the backend."""
+    from ..files import atomic_write
+
+    atomic_write(path, (json.dumps(history, indent=2) + "\n").encode())
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -126,7 +167,7 @@ def _start_state(ckpt: CheckpointDir | None, resume: bool, key: str, log) -> Tra
         )
     if state.fingerprint != key:
         raise CnnspecError(
-            f"the checkpoint in '{ckpt.path}' belongs to a run with another spec, data or settings; "
+            f"the checkpoint in '{ckpt.path}' belongs to a run with another spec, data or settings (or backend); "
             "resume with the same command, or choose an empty folder"
         )
     log(f"resuming at epoch {state.epoch + 1}, batch {state.batch + 1} (step {state.step})")
