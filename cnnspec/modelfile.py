@@ -59,7 +59,8 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 # Left out on purpose: control flow (Loop/If/Scan), ops that allocate from runtime values (ConstantOfShape,
 # Expand, Tile, Range, Resize/Upsample), and anything outside the default domain.
 ALLOWED_OPS = frozenset(
-    """Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten Reshape
+    """Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Gemm MatMul Flatten
+    Reshape
     Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
     Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
     Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast
@@ -132,7 +133,8 @@ def _check_window_attrs(node: onnx.NodeProto, where: str) -> None:
     # ConvTranspose's output_padding adds outputs past the last input: fewer than the stride (PyTorch's rule).
     attrs = {attr.name: list(attr.ints) for attr in node.attribute}
     extra, strides = attrs.get("output_padding"), attrs.get("strides") or [1, 1]
-    if extra is not None and (len(extra) != 2 or any(not 0 <= e < max(s, 1) for e, s in zip(extra, strides))):
+    too_big = extra is not None and any(not 0 <= e < max(s, 1) for e, s in zip(extra, strides, strict=False))
+    if extra is not None and (len(extra) != 2 or too_big):
         raise ModelError(f"{where}: invalid attribute output_padding={extra} (2 values, each ≥ 0 and < the stride)")
 
 

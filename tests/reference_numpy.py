@@ -124,9 +124,10 @@ def conv2d_transpose(x, weight, bias, kernel, strides, dilation, padding: str, o
     x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
     n, _, h, w = x.shape
     ops = (None, None) if output_padding is None else _pair(output_padding)
-    sizes = [deconv_output_length(s_, k, padding, op, st, d) for s_, k, op, st, d in zip((h, w), kernel, ops, strides, dilation)]
+    axes = zip((h, w), kernel, ops, strides, dilation, strict=True)
+    sizes = [deconv_output_length(s_, k, padding, op, st, d) for s_, k, op, st, d in axes]
     befores = []
-    for size, out, k, st, d in zip((h, w), sizes, kernel, strides, dilation):
+    for size, out, k, st, d in zip((h, w), sizes, kernel, strides, dilation, strict=True):
         extent = (k - 1) * d + 1
         befores.append(max((size - 1) * st + extent - out, 0) // 2 if padding == "same" else 0)
     y = np.zeros((n, weight.shape[1], *sizes))
@@ -313,7 +314,8 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
         pads = conv_pads(layer.get("padding", "valid"), x.shape[2:], k, s, d)
         if kind == "DepthwiseConv2D":
-            return activation(depthwise_conv2d(x, params["weight"], params.get("bias"), s, d, pads), layer.get("activation"))
+            y = depthwise_conv2d(x, params["weight"], params.get("bias"), s, d, pads)
+            return activation(y, layer.get("activation"))
         mid = depthwise_conv2d(x, params["depthwise.weight"], None, s, d, pads)
         return activation(conv2d(mid, params["pointwise.weight"], params.get("bias")), layer.get("activation"))
     if kind == "Conv2DTranspose":

@@ -89,7 +89,8 @@ CASES = {
     "conv-first-layer": [conv(padding="same", strides=2), *HEAD],
     "depthwise-valid": [FIRST, {"type": "DepthwiseConv2D", "kernel_size": 3, "activation": "tanh"}, *HEAD],
     "depthwise-same-stride2-multiplier2": [
-        FIRST, {"type": "DepthwiseConv2D", "kernel_size": [3, 2], "strides": 2, "padding": "same", "depth_multiplier": 2},
+        FIRST,
+        {"type": "DepthwiseConv2D", "kernel_size": [3, 2], "strides": 2, "padding": "same", "depth_multiplier": 2},
         *HEAD,
     ],  # fmt: skip
     "depthwise-dilation2-no-bias": [
@@ -97,7 +98,9 @@ CASES = {
     ],  # fmt: skip
     "depthwise-first-layer": [{"type": "DepthwiseConv2D", "kernel_size": 3, "padding": "same"}, *HEAD],
     "separable-same": [
-        FIRST, {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, *HEAD,
+        FIRST,
+        {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+        *HEAD,
     ],  # fmt: skip
     "separable-stride2-multiplier2-no-bias": [
         FIRST, {"type": "SeparableConv2D", "filters": 5, "kernel_size": [2, 3], "strides": 2, "depth_multiplier": 2,
@@ -107,7 +110,9 @@ CASES = {
         {"type": "SeparableConv2D", "filters": 3, "kernel_size": 7, "padding": "same"},
         {"type": "GlobalAveragePooling2D"}, {"type": "Activation", "activation": "softmax"},
     ],  # fmt: skip
-    "transpose-valid": [FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "activation": "tanh"}, *HEAD],
+    "transpose-valid": [
+        FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "activation": "tanh"}, *HEAD,
+    ],  # fmt: skip
     "transpose-same-stride2-odd": [
         FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"}, *HEAD,
     ],  # fmt: skip
@@ -122,8 +127,9 @@ CASES = {
         FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [5, 3], "dilation_rate": 2, "padding": "same"},
         *HEAD,
     ],  # fmt: skip
-    "transpose-first-layer": [{"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"},
-                              *GAP_HEAD],
+    "transpose-first-layer": [
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"}, *GAP_HEAD,
+    ],  # fmt: skip
     "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
     "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
     "maxpool-stride1": [FIRST, {"type": "MaxPooling2D", "pool_size": [2, 3], "strides": 1}, *HEAD],

@@ -163,17 +163,18 @@ def test_the_rewritten_ops_compute_the_compiled_model():
 def test_conv_transpose_lowered_for_ort_training_computes_the_compiled_model(transpose):
     """ORT-training has no ConvTransposeGrad kernel: the backend's Conv on the zero-stuffed input, padded by
     Keras's (left, right), with the flipped kernel, gives the compiled model's ConvTranspose values."""
-    layers = [{"type": "Conv2D", "filters": 3, "kernel_size": 1}, {"type": "Conv2DTranspose", "filters": 2, **transpose},
-              {"type": "Flatten"}, {"type": "Dense", "units": 4, "activation": "softmax"}]  # fmt: skip
+    layers = [{"type": "Conv2D", "filters": 3, "kernel_size": 1}, {"type": "Conv2DTranspose", "filters": 2,
+              **transpose}, {"type": "Flatten"}, {"type": "Dense", "units": 4, "activation": "softmax"}]  # fmt: skip
     spec = spec_from_data({"name": "t", "input": {"shape": [5, 4, 2]}, "preprocess": {"scale": 0.01}, "layers": layers})
     report = check(spec)
     params = initial_params(spec, report, 2)
     x = np.random.default_rng(3).uniform(0, 255, (3, 2, 5, 4)).astype(np.float32)
     graph = ort_artifacts.training_graph(spec, report, params)
     assert "ConvTranspose" not in {n.op_type for n in graph.graph.node}
-    logits = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    cpu = ["CPUExecutionProvider"]
+    logits = ort.InferenceSession(graph.SerializeToString(), providers=cpu).run(None, {"input": x})[0]
     compiled = build_inference_model(spec, report, params)
-    expected = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    expected = ort.InferenceSession(compiled.SerializeToString(), providers=cpu).run(None, {"input": x})[0]
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probabilities / probabilities.sum(axis=1, keepdims=True), expected, rtol=1e-5, atol=1e-7)
 
@@ -288,7 +289,8 @@ def test_early_stopping_and_resume_of_the_ort_runner_come_from_the_native_loop(t
     resumed, _, runner, opened = fake_run(tmp_path / "b", again, resume=True, epochs=30, patience=2)
     assert opened[0] is not None and runner.trainer.updates == len(rates)  # ORT's own count went on
     assert first_rates + again == rates
-    assert resumed.history == [dict(row, seconds=r["seconds"]) for row, r in zip(whole.history, resumed.history)]
+    pairs = zip(whole.history, resumed.history, strict=True)
+    assert resumed.history == [dict(row, seconds=r["seconds"]) for row, r in pairs]
     assert np.array_equal(resumed.params["w"], whole.params["w"]) and resumed.best_epoch == whole.best_epoch
 
 

@@ -205,7 +205,8 @@ PARAM_CASES = [  # (layers on a 12x12x4 input, params of the first layer, traina
     # Keras's DepthwiseConv2D: kh*kw*C*m + C*m; SeparableConv2D: kh*kw*C*m + C*m*filters + filters;
     # Conv2DTranspose: kh*kw*filters*C + filters
     ([{"type": "DepthwiseConv2D", "kernel_size": 3}], 3 * 3 * 4 + 4, None),
-    ([{"type": "DepthwiseConv2D", "kernel_size": [3, 5], "depth_multiplier": 3, "use_bias": False}], 3 * 5 * 4 * 3, None),
+    ([{"type": "DepthwiseConv2D", "kernel_size": [3, 5], "depth_multiplier": 3, "use_bias": False}], 3 * 5 * 4 * 3,
+     None),
     ([{"type": "SeparableConv2D", "filters": 8, "kernel_size": 3}], 3 * 3 * 4 + 4 * 8 + 8, None),
     ([{"type": "SeparableConv2D", "filters": 8, "kernel_size": 3, "depth_multiplier": 2}], 9 * 8 + 8 * 8 + 8, None),
     ([{"type": "Conv2DTranspose", "filters": 6, "kernel_size": 3, "strides": 2}], 3 * 3 * 6 * 4 + 6, None),

@@ -14,8 +14,8 @@ from .core import Activation, Dense, Dropout, Flatten
 from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
-from .reshaping import Cropping2D, Identity, Rescaling, Reshape, UpSampling2D
 from .regularization import LayerScale, SpatialDropout2D, StochasticDepth
+from .reshaping import Cropping2D, Identity, Rescaling, Reshape, UpSampling2D
 
 LAYER_KINDS: tuple[type[Layer], ...] = (
     Conv2D,

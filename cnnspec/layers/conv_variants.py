@@ -331,7 +331,8 @@ class Conv2DTranspose(Layer):
         receptive = self.kernel_size[0] * self.kernel_size[1]
         fan_in, fan_out = self.filters * receptive, shape[2] * receptive  # Keras's, from (kh, kw, filters, C_in)
         shapes = self.param_shapes(shape)
-        params = {"weight": initialize(initializer_arg(self.kernel_initializer), shapes["weight"], fan_in, fan_out, rng)}
+        kernel = initialize(initializer_arg(self.kernel_initializer), shapes["weight"], fan_in, fan_out, rng)
+        params = {"weight": kernel}
         if self.use_bias:
             params["bias"] = initialize(initializer_arg(self.bias_initializer), shapes["bias"], fan_in, fan_out, rng)
         return params

@@ -58,7 +58,8 @@ CASES = {
     "depthwise first layer dilation no bias": [
         {"type": "DepthwiseConv2D", "kernel_size": 2, "dilation_rate": 2, "use_bias": False}, FLAT],
     "separable same tanh": [
-        conv(), {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, FLAT],
+        conv(), {"type": "SeparableConv2D", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+        FLAT],
     "separable stride 2 multiplier 2 no bias": [
         conv(), {"type": "SeparableConv2D", "filters": 5, "kernel_size": [3, 2], "strides": 2, "depth_multiplier": 2,
                  "use_bias": False}, FLAT],
