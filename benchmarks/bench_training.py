@@ -1,14 +1,15 @@
 """Training throughput (images/s) of cnnspec's train-step graph at batch 64, beside PyTorch eager.
 
-    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--one-session] [--profile] [spec ...]
+    python benchmarks/bench_training.py [--seconds 5] [--threads 0] [--one-session] [--profile] [--input N] [spec ...]
     .venv-ort-training/bin/python benchmarks/bench_training.py --ort-training [--threads 0] [spec ...]
 
 Defaults: specs/seed.yaml and specs/vgg32.yaml. Each measurement runs whole steps (forward, loss,
 backward and the spec's optimizer update) on one fixed random batch after 3 warm-up steps, for at
 least --seconds, run the way `cnnspec train` runs them (on a multi-core CPU, shards of the batch side
 by side when no layer mixes the batch; --one-session: the fused step in one session; --profile: the
-fused step under onnxruntime's profiler). PyTorch runs the same network (same layers, padding,
-optimizer) in eager mode with the same thread count when torch is installed. The two alternate for
+fused step under onnxruntime's profiler; --input N: the spec's input resized to N x N, for nets whose step
+at full size is too slow to time here). PyTorch runs the same network (same layers, padding,
+optimizer; graph specs too) in eager mode with the same thread count when torch is installed. The two alternate for
 --rounds rounds and the best round of each is reported, so a burst of load from other processes hurts
 both alike; the load average is printed too.
 """
@@ -51,8 +52,9 @@ def train_program(spec, device: str = "cpu"):
 
 
 def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
-    """Where a train step's time goes: onnxruntime's profiler, summed per operator type and per node
-    (ms per step). The profile JSON goes to a temporary folder and is deleted."""
+    """Where a train step's time goes: onnxruntime's profiler, summed per operator type, per layer kind and
+    operator (a node belongs to the layer its name's scope, before the '/', names; forward and backward alike)
+    and per node (ms per step). The profile JSON goes to a temporary folder and is deleted."""
     import collections
     import json
     import tempfile
@@ -80,13 +82,16 @@ def profile(spec, threads: int, steps: int = 10, top: int = 15) -> None:
         for _ in range(steps):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    by_op, by_node = collections.Counter(), collections.Counter()
+    kinds = {row.name: row.type for row in report.layers}
+    by_op, by_kind, by_node = collections.Counter(), collections.Counter(), collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            by_op[event["args"]["op_name"]] += event["dur"] / 1000 / steps
-            by_node[event["name"].removesuffix("_kernel_time")] += event["dur"] / 1000 / steps
+            ms, node = event["dur"] / 1000 / steps, event["name"].removesuffix("_kernel_time")
+            by_op[event["args"]["op_name"]] += ms
+            by_kind[f"{kinds.get(node.split('/')[0], '(' + node.split('/')[0] + ')')} {event['args']['op_name']}"] += ms
+            by_node[node] += ms
     print(f"{spec.name}, {threads or 'all'} threads: {sum(by_op.values()):.1f} ms/step in kernels")
-    for title, counter in (("operator", by_op), ("node", by_node)):
+    for title, counter in (("operator", by_op), ("layer kind and operator", by_kind), ("node", by_node)):
         print(f"  per {title}:")
         for name, ms in counter.most_common(top):
             print(f"    {name:<40} {ms:7.2f}")
@@ -184,6 +189,16 @@ def ort_training_step(spec, threads: int):
     return step
 
 
+def resized(spec, n: int):
+    """The spec with its input shape set to n x n (channels kept), validated again."""
+    from cnnspec.spec import normalized, spec_from_data
+
+    data = normalized(spec)
+    data["input"]["shape"] = [n, n, spec.input_shape[2]]
+    data["name"] = f"{spec.name}@{n}"
+    return spec_from_data(data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", default=[ROOT / "specs/seed.yaml", ROOT / "specs/vgg32.yaml"])
@@ -198,6 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--ort-training", action="store_true", help="time onnxruntime-training instead (run in .venv-ort-training)"
     )
+    parser.add_argument("--input", type=int, metavar="N", help="override the spec's input to N x N (same channels)")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import onnxruntime
@@ -209,6 +225,8 @@ def main() -> None:
         print(f"{'spec':<10} {'cnnspec img/s':>14} {'pytorch img/s':>14} {'ratio':>6}")
     for path in args.specs:
         spec = load_spec(path)
+        if args.input:
+            spec = resized(spec, args.input)
         if args.profile:
             profile(spec, args.threads)
             continue
@@ -229,8 +247,12 @@ def main() -> None:
                     best[i] = max(best[i], timed(step, args.seconds))
         ours, theirs = best
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-        shown = f"{theirs:14,.0f}" if theirs else f"{'(no torch)':>14}"
-        print(f"{spec.name:<10} {ours:14,.0f} {shown} {ratio:>6}", flush=True)
+
+        def rate(value: float) -> str:
+            return f"{value:14,.1f}" if value < 100 else f"{value:14,.0f}"
+
+        shown = rate(theirs) if theirs else f"{'(no torch)':>14}"
+        print(f"{spec.name:<10} {rate(ours)} {shown} {ratio:>6}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
