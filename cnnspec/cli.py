@@ -129,7 +129,7 @@ def compile_cmd(
 
 @app.command("import")
 def import_cmd(
-    model: Annotated[Path, typer.Argument(help="A Keras model: .keras (Keras 3) or .h5 (Keras 2).", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="A Keras .keras (3) or .h5 (2) model.", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec (.yaml).")],
     onnx_out: Annotated[Optional[Path], typer.Option("--onnx", help="Also write the compiled model.")] = None,
     weights: Annotated[

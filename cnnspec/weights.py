@@ -73,7 +73,8 @@ def compile_with_weights(
     ]
     problems = []
     if missing:
-        problems.append(f"missing {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problems.append(f"missing {', '.join(missing[:5])}{more}")
     if extra:
         problems.append(f"not in the spec: {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
     problems += wrong[:5]

@@ -169,9 +169,7 @@ def _h5py():
     try:
         import h5py
     except ImportError:
-        raise UsageError(
-            "reading Keras weights needs h5py: pip install 'cnnspec[keras]'"
-        ) from None
+        raise UsageError("reading Keras weights needs h5py: pip install 'cnnspec[keras]'") from None
     return h5py
 
 

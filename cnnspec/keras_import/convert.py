@@ -227,6 +227,7 @@ class _Scope:
         why = refusal(layer)
         if why is not None:
             self.issue(layer, why)
+            self.alias[layer.name] = refs[0]  # its readers are checked as if it were not there
             return None
         args, problems, warnings = convert_args(layer)
         for problem in problems:
@@ -246,7 +247,8 @@ class _Scope:
         block_name = name
         while block_name in self.blocks:
             block_name += "_"
-        inner = _Scope(self.conv, self.source, self.blocks, f"{self.prefix}{name}.", f"{self.keras_prefix}{layer.name}.")
+        prefixes = f"{self.prefix}{name}.", f"{self.keras_prefix}{layer.name}."
+        inner = _Scope(self.conv, self.source, self.blocks, *prefixes)
         assert layer.sub is not None
         items = inner.convert(layer.sub, BLOCK_INPUT, None)
         if not items:

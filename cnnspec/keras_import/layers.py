@@ -61,9 +61,11 @@ ACTIVATIONS = {
 INITIALIZERS = {"GlorotUniform": "glorot_uniform", "GlorotNormal": "glorot_normal", "HeNormal": "he_normal",
                 "HeUniform": "he_uniform", "LecunNormal": "lecun_normal", "LecunUniform": "lecun_uniform",
                 "Zeros": "zeros", "Ones": "ones"}  # fmt: skip
-VARIANCE_SCALING = {(1.0, "fan_avg", "uniform"): "glorot_uniform", (1.0, "fan_avg", "truncated_normal"): "glorot_normal",
-                    (2.0, "fan_in", "truncated_normal"): "he_normal", (2.0, "fan_in", "uniform"): "he_uniform",
-                    (1.0, "fan_in", "truncated_normal"): "lecun_normal", (1.0, "fan_in", "uniform"): "lecun_uniform"}  # fmt: skip
+VARIANCE_SCALING = {
+    (1.0, "fan_avg", "uniform"): "glorot_uniform", (1.0, "fan_avg", "truncated_normal"): "glorot_normal",
+    (2.0, "fan_in", "truncated_normal"): "he_normal", (2.0, "fan_in", "uniform"): "he_uniform",
+    (1.0, "fan_in", "truncated_normal"): "lecun_normal", (1.0, "fan_in", "uniform"): "lecun_uniform",
+}  # fmt: skip
 PAIRS = ("kernel_size", "strides", "dilation_rate", "pool_size", "size")
 
 
@@ -197,6 +199,8 @@ def _value(field: str, value: Any) -> Any:
 def _without_defaults(kind: str, args: dict) -> dict:
     """Leave out the arguments equal to cnnspec's default, as the specs in specs/ do."""
     fields = LAYERS_BY_TYPE[kind].model_fields
+    if kind.endswith("Pooling2D") and "strides" in args and _same(args["strides"], args.get("pool_size", 2)):
+        args = {k: v for k, v in args.items() if k != "strides"}  # cnnspec's default strides are the pool size
     out = {}
     for key, value in args.items():
         default = fields[key].default if key in fields and not fields[key].is_required() else object()

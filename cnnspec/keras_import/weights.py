@@ -1,13 +1,13 @@
 """Keras weight layouts -> cnnspec's (PyTorch's), per layer kind.
 
-    Conv2D          kernel (kh, kw, C/g, F)   -> weight [F, C/g, kh, kw]        (HWIO -> OIHW)
-    DepthwiseConv2D kernel (kh, kw, C, m)     -> weight [C·m, 1, kh, kw]        (output c·m + j, Keras's order)
-    SeparableConv2D depthwise as above, pointwise (1, 1, C·m, F) -> [F, C·m, 1, 1]
-    Conv2DTranspose kernel (kh, kw, F, C)     -> weight [C, F, kh, kw]          (ONNX ConvTranspose's layout)
-    Dense           kernel (in, out)          -> weight [out, in]; after Flatten the `in` rows are permuted
-                                                 from Keras's (h, w, c) order to cnnspec's (c, h, w)
-    BatchNormalization gamma, beta, moving_mean, moving_variance -> weight, bias, running_mean, running_var
-    PReLU           alpha (H, W, C) with shared axes 1 -> weight [C, H, W] (NCHW order)
+Conv2D          kernel (kh, kw, C/g, F)   -> weight [F, C/g, kh, kw]        (HWIO -> OIHW)
+DepthwiseConv2D kernel (kh, kw, C, m)     -> weight [C·m, 1, kh, kw]        (output c·m + j, Keras's order)
+SeparableConv2D depthwise as above, pointwise (1, 1, C·m, F) -> [F, C·m, 1, 1]
+Conv2DTranspose kernel (kh, kw, F, C)     -> weight [C, F, kh, kw]          (ONNX ConvTranspose's layout)
+Dense           kernel (in, out)          -> weight [out, in]; after Flatten the `in` rows are permuted
+                                             from Keras's (h, w, c) order to cnnspec's (c, h, w)
+BatchNormalization gamma, beta, moving_mean, moving_variance -> weight, bias, running_mean, running_var
+PReLU           alpha (H, W, C) with shared axes 1 -> weight [C, H, W] (NCHW order)
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers as L
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "elu", "gelu", "silu", "relu6", "hard_sigmoid", "softplus",
@@ -76,18 +75,47 @@ class Gen:
         if kind == "conv":
             groups = self.pick([g for g in (1, 2, 4) if channels % g == 0])
             filters = channels if keep else int(groups * self.rng.integers(1, 4))
-            return L.Conv2D(filters, k, strides=stride, padding=padding, dilation_rate=dilation, groups=groups,
-                            activation=self.act(), use_bias=bias)
+            return L.Conv2D(
+                filters,
+                k,
+                strides=stride,
+                padding=padding,
+                dilation_rate=dilation,
+                groups=groups,
+                activation=self.act(),
+                use_bias=bias,
+            )
         if kind == "dw":
             m = 1 if keep else int(self.pick([1, 2]))
-            return L.DepthwiseConv2D(k, strides=stride, padding=padding, depth_multiplier=m, dilation_rate=dilation,
-                                     activation=self.act(), use_bias=bias)
+            return L.DepthwiseConv2D(
+                k,
+                strides=stride,
+                padding=padding,
+                depth_multiplier=m,
+                dilation_rate=dilation,
+                activation=self.act(),
+                use_bias=bias,
+            )
         if kind == "sep":
             filters = channels if keep else int(self.rng.integers(2, 7))
-            return L.SeparableConv2D(filters, k, strides=stride, padding=padding, dilation_rate=dilation,
-                                     depth_multiplier=int(self.pick([1, 2])), activation=self.act(), use_bias=bias)
-        return L.Conv2DTranspose(int(self.rng.integers(2, 6)), self.pick([2, 3]), strides=self.pick([1, 2]),
-                                 padding=self.pick(["same", "valid"]), activation=self.act(), use_bias=bias)
+            return L.SeparableConv2D(
+                filters,
+                k,
+                strides=stride,
+                padding=padding,
+                dilation_rate=dilation,
+                depth_multiplier=int(self.pick([1, 2])),
+                activation=self.act(),
+                use_bias=bias,
+            )
+        return L.Conv2DTranspose(
+            int(self.rng.integers(2, 6)),
+            self.pick([2, 3]),
+            strides=self.pick([1, 2]),
+            padding=self.pick(["same", "valid"]),
+            activation=self.act(),
+            use_bias=bias,
+        )
 
     def misc(self, channels: int, side: int):
         """A shape-changing or shape-keeping layer other than a convolution."""
@@ -100,8 +128,12 @@ class Gen:
         pool = dict(pool_size=int(self.pick([2, 3])), strides=self.pick([None, 1, 2]),
                     padding=self.pick(["valid", "same"]))  # fmt: skip
         return {
-            "bn": lambda: L.BatchNormalization(epsilon=float(self.pick([1e-3, 1e-5])), momentum=0.9,
-                                               center=bool(self.rng.integers(2)), scale=bool(self.rng.integers(2))),
+            "bn": lambda: L.BatchNormalization(
+                epsilon=float(self.pick([1e-3, 1e-5])),
+                momentum=0.9,
+                center=bool(self.rng.integers(2)),
+                scale=bool(self.rng.integers(2)),
+            ),
             "dropout": lambda: L.Dropout(0.3),
             "spdrop": lambda: L.SpatialDropout2D(0.2),
             "act": lambda: L.Activation(self.pick([a for a in ACTIVATIONS if a])),
@@ -163,7 +195,7 @@ def sequential_model(seed: int) -> keras.Model:
     out = g.head(x, int(g.rng.integers(2, 6)))
     model = keras.Model(inp, out, name=f"seq{seed}")
     # the same layers as a Sequential model (its config dialect differs from the functional one)
-    seq = keras.Sequential([keras.Input((side, side, channels))] + [l for l in model.layers[1:]], name=f"seq{seed}")
+    seq = keras.Sequential([keras.Input((side, side, channels))] + list(model.layers[1:]), name=f"seq{seed}")
     return seq
 
 

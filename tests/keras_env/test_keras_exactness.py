@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from cnnspec.keras_import import import_to_files
 from cnnspec.weights import read_weights
 
