@@ -238,3 +238,57 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
     import_to_files(FIXTURES / "graph_small.keras", tmp_path / "g.yaml", weights_out=other)
     result = cli_here("compile", "s.yaml", "--weights", "g.npz", "-o", "m.onnx", cwd=tmp_path)
     assert result.returncode == 1 and "the weights do not fit the spec: missing conv2d.weight" in result.stderr
+
+
+def test_the_import_example_runs(tmp_path):
+    """examples/import_keras.sh end to end (the README's example), with this environment's cnnspec on PATH."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["bash", "examples/import_keras.sh", str(tmp_path)], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identical:" in result.stdout and "Traceback" not in result.stderr
+    assert (tmp_path / "graph_small.yaml").read_text().count("\n") > 10
+
+
+def keras2_dialect(config: dict) -> dict:
+    """A Keras 3 functional config rewritten in Keras 2's dialect: inbound_nodes as [[[name, node, tensor, {}]]],
+    `batch_input_shape`, endpoints as lists of lists, no `module`/`registered_name`."""
+
+    def tensors(value, out):
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            out.append([*value["config"]["keras_history"], {}])
+        elif isinstance(value, dict):
+            for child in value.values():
+                tensors(child, out)
+        elif isinstance(value, list):
+            for child in value:
+                tensors(child, out)
+
+    for item in config["config"]["layers"]:
+        item.pop("module", None), item.pop("registered_name", None)
+        refs: list = []
+        for node in item.get("inbound_nodes", []):
+            tensors(node.get("args", []), refs)
+        item["inbound_nodes"] = [refs] if refs else []
+        if item["class_name"] == "InputLayer":
+            item["config"]["batch_input_shape"] = item["config"].pop("batch_shape")
+    for key in ("input_layers", "output_layers"):
+        value = config["config"][key]
+        config["config"][key] = [value] if isinstance(value[0], str) else value
+    return config
+
+
+def test_keras2_config_dialect(tmp_path):
+    import h5py
+
+    path = tmp_path / "keras2.h5"
+    path.write_bytes((FIXTURES / "graph_small.h5").read_bytes())
+    with h5py.File(path, "a") as h5:
+        h5.attrs["model_config"] = json.dumps(keras2_dialect(json.loads(h5.attrs["model_config"])))
+    import_to_files(path, tmp_path / "s.yaml", tmp_path / "m.onnx")
+    want = EXPECTED["graph_small.y"]
+    got = run(tmp_path / "m.onnx", EXPECTED["graph_small.x"])
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) <= 1e-4
