@@ -104,6 +104,9 @@ def compile_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .onnx model.")],
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the initial weights.")] = 0,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="An .npz of the spec's weights (cnnspec import writes one).")
+    ] = None,
 ) -> None:
     """Lower a spec to an ONNX model with initialized weights."""
     from .compiler import DEFAULT_OPSET, compile_spec, model_bytes
@@ -111,9 +114,38 @@ def compile_cmd(
     from .spec import load_spec
 
     check_output_path(output, not_same_as={"spec": spec})
+    if weights is not None:  # the given weights instead of initialized ones (--seed does not apply)
+        from .weights import compile_with_weights, read_weights
+
+        params, source = read_weights(weights)
+        model = compile_with_weights(load_spec(spec), params, source, DEFAULT_OPSET if opset is None else opset)
+        atomic_write(output, model_bytes(model))
+        print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+        return
     model = compile_spec(load_spec(spec), seed=seed, opset=DEFAULT_OPSET if opset is None else opset)
     atomic_write(output, model_bytes(model))
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+
+
+@app.command("import")
+def import_cmd(
+    model: Annotated[Path, typer.Argument(help="A Keras .keras (3) or .h5 (2) model.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec (.yaml).")],
+    onnx_out: Annotated[Optional[Path], typer.Option("--onnx", help="Also write the compiled model.")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="Where to write the weights (default: SPEC.weights.npz).")
+    ] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names, one per line.")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset of --onnx (default 17).")] = None,
+) -> None:
+    """Turn a Keras model file into a spec and its weights (and with --onnx, the compiled model); nothing in
+    the file is ever run. `cnnspec compile SPEC --weights W.npz` gives the same model as --onnx."""
+    from .foreign import read_labels_file
+    from .keras_import import import_to_files
+
+    names = read_labels_file(labels) if labels is not None else None
+    for path in import_to_files(model, output, onnx_out, weights, names, opset):
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
 
 
 @app.command()
