@@ -30,7 +30,9 @@ app = CnnspecTyper(
 SpecPath = Annotated[
     Path, typer.Argument(help="Spec file (.yaml, .yml or .json).", show_default=False, autocompletion=complete_spec)
 ]
-ModelPath = Annotated[Path, typer.Argument(help="An .onnx model file.", show_default=False, autocompletion=complete_model)]
+ModelPath = Annotated[
+    Path, typer.Argument(help="An .onnx model file.", show_default=False, autocompletion=complete_model)
+]
 _JSON_HELP = "Print one JSON object on stdout (messages go to stderr)."
 
 
@@ -45,27 +47,12 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _options(
     version: Annotated[
-        bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version, help="Print the version and exit.")
+        bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version, help="Print the version, exit.")
     ] = False,
 ) -> None:
     # No docstring: the app's help above stays the group's help.
     pass
 
-
-@app.command()
-def doctor(
-    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
-    device: Annotated[
-        Optional[Literal["cpu", "cuda"]],
-        typer.Option("--device", help="Exit 1 unless a test model really runs on this device."),
-    ] = None,
-) -> None:
-    """Check the installation: versions, onnxruntime's providers (does CUDA really run?), threads and extras."""
-    from .doctor import environment, exit_code, render
-
-    report = environment()
-    print(json.dumps(report) if as_json else render(report))
-    raise typer.Exit(exit_code(report, device))
 
 
 def _console(stderr: bool = False):
@@ -335,6 +322,23 @@ def train(
     )  # fmt: skip
     if as_json:
         print(json.dumps(result.summary))
+
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    device: Annotated[
+        Optional[Literal["cpu", "cuda"]],
+        typer.Option("--device", help="Exit 1 unless a test model really runs on this device."),
+    ] = None,
+) -> None:
+    """Check the installation: versions, onnxruntime's providers (does CUDA really run?), threads and extras."""
+    from .doctor import environment, exit_code, render
+
+    report = environment()
+    print(json.dumps(report) if as_json else render(report))
+    raise typer.Exit(exit_code(report, device))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,7 +81,8 @@ def onnxruntime_info() -> dict[str, Any]:
     try:
         import onnxruntime as ort
 
-        info.update(version=ort.__version__, path=str(Path(ort.__file__).parent), providers=ort.get_available_providers())
+        path = str(Path(ort.__file__).parent)
+        info.update(version=ort.__version__, path=path, providers=ort.get_available_providers())
     except Exception as exc:  # noqa: BLE001 - a broken install is what doctor reports, not a crash
         info.update(version=None, path=None, providers=[], error=f"import onnxruntime failed: {_first_line(exc)}")
     return info

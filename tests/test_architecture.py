@@ -77,7 +77,13 @@ FLOORS: list[tuple[str, set[str]]] = [
     # a command's library side, when it ties several floors together
     (
         "commands",
-        {"cnnspec.train_command", "cnnspec.inspection", "cnnspec.run_report", "cnnspec.command_reports", "cnnspec.doctor"},
+        {
+            "cnnspec.train_command",
+            "cnnspec.inspection",
+            "cnnspec.run_report",
+            "cnnspec.command_reports",
+            "cnnspec.doctor",
+        },
     ),
     ("cli", {"cnnspec.cli", "cnnspec.cli_help", "cnnspec.__main__"}),
 ]
