@@ -116,7 +116,8 @@ def train_summary(
 
     The best epoch is the one with the lowest validation loss (the training loss without validation), the loss
     Keras's EarlyStopping watches; with early stopping its weights are the ones written (`model_epoch`).
-    img/s counts the training images of the epochs in the history over their summed time (validation included).
+    img/s counts the training images of the epochs in the history over their summed training time (an epoch's
+    `seconds` stop before its validation).
     """
     epochs = len(history)
     if best_epoch is None and history:
