@@ -91,7 +91,11 @@ def onnxruntime_info() -> dict[str, Any]:
 def extras() -> dict[str, dict[str, Any]]:
     """cnnspec's optional extras and whether each one's packages are installed (versions not compared)."""
     wanted: dict[str, list[str]] = {}
-    for requirement in metadata.requires("cnnspec") or []:
+    try:
+        requirements = metadata.requires("cnnspec") or []
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        requirements = []
+    for requirement in requirements:
         extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
         if extra and name and name.group(1).lower() != "cnnspec":  # `cnnspec[viz]` inside test: listed under viz
@@ -152,7 +156,10 @@ def probe(device: str) -> dict[str, Any]:
             f"the installed onnxruntime has no {provider} (providers: {', '.join(ort.get_available_providers())}); "
             f"for CUDA install the GPU build: {GPU_INSTALL}",
         )
-    model, x, expected = tiny_model()
+    try:
+        model, x, expected = tiny_model()
+    except Exception as exc:  # noqa: BLE001 - a broken onnx or numpy is reported, not raised
+        return _failed("failed", f"the test model cannot be built: {_first_line(exc)}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if device == "cuda":  # every node on CUDA or no session at all: no silent CPU fallback

@@ -75,7 +75,6 @@ def test_device_cuda_without_the_gpu_package_exits_1_and_says_why(report):
     code, stdout, err = run_cli("doctor", "--device", "cuda", "--json")
     assert code == 1, err
     assert json.loads(stdout)["devices"]["cuda"]["reason"] == "no-package"  # still one document on stdout
-    assert run_cli("doctor", "--device", "cpu")[0] == 0
 
 
 @pytest.mark.cuda
