@@ -54,7 +54,6 @@ def _options(
     pass
 
 
-
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -322,7 +321,6 @@ def train(
     )  # fmt: skip
     if as_json:
         print(json.dumps(result.summary))
-
 
 
 @app.command()
