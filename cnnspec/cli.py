@@ -15,19 +15,43 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from .cli_help import CnnspecTyper, complete_model, complete_spec
 from .errors import CnnspecError, SpecError
 
-app = typer.Typer(
+app = CnnspecTyper(
     name="cnnspec",
     help="Describe a CNN in YAML/JSON; validate it, compile it to ONNX, train it and run it on images.",
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SpecPath = Annotated[Path, typer.Argument(help="Spec file (.yaml, .yml or .json).", show_default=False)]
-ModelPath = Annotated[Path, typer.Argument(help="An .onnx model file.", show_default=False)]
+SpecPath = Annotated[
+    Path, typer.Argument(help="Spec file (.yaml, .yml or .json).", show_default=False, autocompletion=complete_spec)
+]
+ModelPath = Annotated[
+    Path, typer.Argument(help="An .onnx model file.", show_default=False, autocompletion=complete_model)
+]
+_JSON_HELP = "Print one JSON object on stdout (messages go to stderr)."
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"cnnspec {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version, help="Print the version, exit.")
+    ] = False,
+) -> None:
+    # No docstring: the app's help above stays the group's help.
+    pass
 
 
 def _console(stderr: bool = False):
@@ -107,6 +131,7 @@ def compile_cmd(
     weights: Annotated[
         Optional[Path], typer.Option("--weights", help="An .npz of the spec's weights (cnnspec import writes one).")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Lower a spec to an ONNX model with initialized weights."""
     from .compiler import DEFAULT_OPSET, compile_spec, model_bytes
@@ -114,17 +139,21 @@ def compile_cmd(
     from .spec import load_spec
 
     check_output_path(output, not_same_as={"spec": spec})
+    loaded, opset = load_spec(spec), DEFAULT_OPSET if opset is None else opset
     if weights is not None:  # the given weights instead of initialized ones (--seed does not apply)
         from .weights import compile_with_weights, read_weights
 
         params, source = read_weights(weights)
-        model = compile_with_weights(load_spec(spec), params, source, DEFAULT_OPSET if opset is None else opset)
-        atomic_write(output, model_bytes(model))
-        print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
-        return
-    model = compile_spec(load_spec(spec), seed=seed, opset=DEFAULT_OPSET if opset is None else opset)
+        model = compile_with_weights(loaded, params, source, opset)
+    else:
+        model = compile_spec(loaded, seed=seed, opset=opset)
     atomic_write(output, model_bytes(model))
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    if as_json:
+        from .analysis import check
+        from .command_reports import compile_report
+
+        print(json.dumps(compile_report(output, loaded, check(loaded), opset, seed)))
 
 
 @app.command("import")
@@ -149,8 +178,13 @@ def import_cmd(
 
 
 @app.command()
-def inspect(model: ModelPath) -> None:
+def inspect(model: ModelPath, as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False) -> None:
     """Summarize a model: the spec embedded in it, or its inputs, outputs and operators."""
+    if as_json:
+        from .command_reports import inspect_report
+
+        print(json.dumps(inspect_report(model)))
+        return
     from .inspection import inspect_model
 
     inspect_model(model, _console())
@@ -161,6 +195,7 @@ def export_artifacts_cmd(
     spec: SpecPath,
     folder: Annotated[Path, typer.Argument(help="Folder for the four artifacts (created if missing).")],
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the initial weights.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Write onnxruntime-training's four artifacts (training, eval, optimizer models, checkpoint) for on-device
     training; needs onnxruntime-training 1.19.2 in its own environment (docs/ort-training.md)."""
@@ -170,8 +205,13 @@ def export_artifacts_cmd(
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"'{folder}' is a file; export-artifacts writes into a folder")
-    for path in export_artifacts(load_spec(spec), folder, seed=seed):
+    written = export_artifacts(load_spec(spec), folder, seed=seed)
+    for path in written:
         print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
+    if as_json:
+        from .command_reports import artifacts_report
+
+        print(json.dumps(artifacts_report(folder, written)))
 
 
 DeviceOpt = Annotated[
@@ -294,6 +334,7 @@ def train(
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")] = False,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
@@ -302,12 +343,30 @@ def train(
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
-    train_command(
+    result = train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         val_split=val_split,
     )  # fmt: skip
+    if as_json:
+        print(json.dumps(result.summary))
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    device: Annotated[
+        Optional[Literal["cpu", "cuda"]],
+        typer.Option("--device", help="Exit 1 unless a test model really runs on this device."),
+    ] = None,
+) -> None:
+    """Check the installation: versions, onnxruntime's providers (does CUDA really run?), threads and extras."""
+    from .doctor import environment, exit_code, render
+
+    report = environment()
+    print(json.dumps(report) if as_json else render(report))
+    raise typer.Exit(exit_code(report, device))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,6 +393,8 @@ def _run(argv: list[str] | None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cnnspec`: the help, exit 2 as click >= 8.2 does
+            return _no_args_help(exc)
         return _usage_error(exc)
     except click_error as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
@@ -381,6 +442,13 @@ def _usage_error(exc) -> int:
     ctx = getattr(exc, "ctx", None)
     if ctx is not None and ctx.help_option_names:
         print(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", file=sys.stderr)
+    return exc.exit_code
+
+
+def _no_args_help(exc) -> int:
+    # Plain help arrives as the message (to stderr, as click prints it); rich help was printed already.
+    if exc.format_message().strip():
+        print(exc.format_message(), file=sys.stderr)
     return exc.exit_code
 
 

@@ -7,10 +7,12 @@ hands them to the native loop (training/trainer.py) or the onnxruntime-training 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from .analysis import check
+from .command_reports import format_train_summary, train_summary
 from .compiler import build_inference_model, model_bytes
 from .data import load_dataset
 from .errors import CnnspecError, UsageError
@@ -51,7 +53,9 @@ def train_command(
     threads: int | None = None,
     **overrides: Any,
 ) -> Result:
-    """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
+    """The whole `cnnspec train` command: returns the result after writing OUT (and the extras), with its
+    summary (`result.summary`, also printed to stderr)."""
+    started = time.perf_counter()
     if val is not None and overrides.get("val_split") is not None:
         raise UsageError("give --val PATH or --val-split F, not both")
     if backend == "ort-training" and device != "cpu":
@@ -88,6 +92,13 @@ def train_command(
     if metrics_json is not None:
         write_metrics(metrics_json, result.history)
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    outputs = {"model": output, "metrics_json": metrics_json, "checkpoint_dir": checkpoint_dir,
+               "train_step": export_train_step}  # fmt: skip
+    result.summary = train_summary(
+        result.history, train_samples=len(train.y), wall_seconds=time.perf_counter() - started, outputs=outputs,
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early, restored_best=settings.patience is not None,
+    )  # fmt: skip
+    print(format_train_summary(result.summary), file=sys.stderr)
     return result
 
 

@@ -90,9 +90,11 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.keras_import.convert",
             "cnnspec.keras_import.weights",
             "cnnspec.keras_import.yaml_text",
+            "cnnspec.command_reports",
+            "cnnspec.doctor",
         },
     ),
-    ("cli", {"cnnspec.cli", "cnnspec.__main__"}),
+    ("cli", {"cnnspec.cli", "cnnspec.cli_help", "cnnspec.__main__"}),
 ]
 FLOOR = {module: (level, name) for level, (name, modules) in enumerate(FLOORS) for module in modules}
 
@@ -274,12 +276,13 @@ def test_the_spec_side_imports_no_heavy_runtime():
 
 
 def test_onnxruntime_is_imported_only_where_models_run():
-    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py"}
+    # doctor.py checks onnxruntime itself: its distribution, providers and a CUDA-only session
+    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py", "doctor.py"}
     assert modules_importing("onnxruntime") <= allowed
 
 
 def test_typer_lives_only_in_the_cli():
-    assert modules_importing("typer") == {"cli.py"}
+    assert modules_importing("typer") == {"cli.py", "cli_help.py"}
 
 
 def test_errors_and_shapes_use_the_standard_library_only():

@@ -65,6 +65,8 @@ class Result:
     history: list[dict[str, Any]]
     stopped_early: bool = False
     best_epoch: int | None = None
+    summary: dict[str, Any] | None = None
+    """The end-of-run summary (command_reports.train_summary), set by `cnnspec train`."""
 
 
 def rng(seed: int, *key: int) -> np.random.Generator:

@@ -227,3 +227,17 @@ def test_broadcast_drops_drop_whole_samples_or_channels_in_training_only(tmp_pat
     per_sample = (kept == kept[:, :1]).all(axis=1)
     assert per_sample.all() if unit == "sample" else not per_sample.all()
     assert 0.3 < kept.mean() < 0.7
+
+
+def test_export_artifacts_json_describes_the_four_files(tmp_path, ort_training):
+    import hashlib
+    import json
+
+    done = run_cli("export-artifacts", ROOT / "specs" / "digits.yaml", tmp_path / "art", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)  # one document; the "wrote" lines are on stderr
+    assert doc["folder"] == str(tmp_path / "art")
+    assert [Path(f["path"]).name for f in doc["files"]] == list(ort_artifacts.ARTIFACTS)
+    for entry in doc["files"]:
+        data = Path(entry["path"]).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
