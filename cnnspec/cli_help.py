@@ -65,6 +65,10 @@ EXAMPLES: dict[str, list[str]] = {
         "cnnspec train specs/seed.yaml --data images/ -o seed.onnx --checkpoint-dir ckpt --resume --json",
     ],
     "doctor": ["cnnspec doctor", "cnnspec doctor --device cuda --json"],
+    "import": [
+        "cnnspec import model.keras -o spec.yaml",
+        "cnnspec import model.keras -o spec.yaml --onnx model.onnx --labels labels.txt",
+    ],
 }
 
 
