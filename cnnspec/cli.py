@@ -228,6 +228,39 @@ def evaluate(
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
 
+_EXPORT_TO = typer.Option("--to", help="Target: int8 (static QDQ quantization) or fp16 (float16, float32 I/O).")
+_CALIBRATION = typer.Option("--calibration", help="int8: data to calibrate on (folder, .npz or IDX, as train reads).")
+_SAMPLES = typer.Option("--samples", min=1, max=1_000_000, help="int8: calibration samples (default 512).")
+_METHOD = typer.Option("--method", help="int8: calibration method (default minmax).")
+_EVAL = typer.Option("--eval", help="Labelled data to compare accuracy with the fp32 model on.")
+_MAX_DROP = typer.Option("--max-drop", min=0, max=100, help="Refuse (exit 1) above this accuracy drop (default 1.0).")
+
+
+@app.command("export")
+def export_cmd(
+    model: ModelPath,
+    to: Annotated[str, _EXPORT_TO],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the exported model.")],
+    calibration: Annotated[Optional[Path], _CALIBRATION] = None,
+    samples: Annotated[Optional[int], _SAMPLES] = None,
+    method: Annotated[Optional[Literal["minmax", "percentile", "entropy"]], _METHOD] = None,
+    eval_data: Annotated[Optional[Path], _EVAL] = None,
+    max_drop: Annotated[Optional[float], _MAX_DROP] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (path, sha256, accuracy).")] = False,
+    threads: ThreadsOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Convert a model for deployment (int8, fp16), report the accuracy it costs, refuse it past --max-drop."""
+    from .export import export_command
+
+    export_command(
+        model, to, output, as_json=as_json, calibration=calibration, samples=samples, method=method,
+        eval_data=eval_data, max_drop=max_drop, threads=threads, scale=scale, mean=mean, std=std,
+    )  # fmt: skip
+
+
 
 OptPath = Optional[Path]
 _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")

@@ -55,7 +55,9 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 
 # ---- pre-checks before onnxruntime ever sees an untrusted model --------------------------------------------------
 
-# What cnnspec emits, plus the plain ops common exporters (torch.onnx, tf2onnx) use for the same classifiers.
+# What cnnspec emits, plus the plain ops common exporters (torch.onnx, tf2onnx) use for the same classifiers, and
+# the standard-domain quantization ops: QDQ models (`export --to int8`, onnxruntime's quantize_static) and
+# dynamically quantized ones (quantize_dynamic: DynamicQuantizeLinear + MatMulInteger/ConvInteger).
 # Left out on purpose: control flow (Loop/If/Scan), ops that allocate from runtime values (ConstantOfShape,
 # Expand, Tile, Range, Resize/Upsample), and anything outside the default domain.
 ALLOWED_OPS = frozenset(
@@ -64,11 +66,12 @@ ALLOWED_OPS = frozenset(
     Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
     Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
     Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast
-    Greater Softsign""".split()
+    Greater Softsign
+    QuantizeLinear DequantizeLinear DynamicQuantizeLinear MatMulInteger ConvInteger QLinearConv QLinearMatMul""".split()
 )
 MAX_NODES = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 29  # 2 GiB of float32: protobuf could not hold more anyway
-_WINDOW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool"})
+_WINDOW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "ConvInteger", "QLinearConv"})
 _POSITIVE_INTS = ("strides", "dilations", "kernel_shape", "group")
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
