@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelError, UsageError
+from .graph_stats import outputs_probabilities
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf cannot hold more in one message
 
@@ -199,14 +200,13 @@ def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
     if out_dims is None or len(out_dims) != 2 or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise ModelError(f"'{source}': model output must be float32 [N, classes]; {_describe(list(graph.output))}")
     classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
-    producer = {n.output[0]: n.op_type for n in graph.node if n.output}
     return ModelInfo(
         input_name=inputs[0].name,
         chw=(c, h, w),
         output_name=graph.output[0].name,
         classes=classes,
         metadata={p.key: p.value for p in model.metadata_props},
-        ends_in_softmax=producer.get(graph.output[0].name) == "Softmax",
+        ends_in_softmax=outputs_probabilities(graph),
     )
 
 

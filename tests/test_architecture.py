@@ -29,6 +29,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.foreign",
             "cnnspec.images",
             "cnnspec.sessions",
+            "cnnspec.graph_stats",
         },
     ),
     ("builder", {"cnnspec.builder"}),
