@@ -155,15 +155,19 @@ ScaleOpt = Annotated[Optional[float], typer.Option("--scale", help="Foreign mode
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Foreign models: per-channel mean, e.g. 0.5,0.5,0.5.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Foreign models: per-channel std, e.g. 0.25.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+NoCudaGraphOpt = Annotated[
+    bool, typer.Option("--no-cuda-graph", help="--device cuda: run without CUDA graphs (on by default).")
+]
 
 
-def _classifier(model, device, threads, labels, scale, mean, std):
+def _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=True):
     from .foreign import preprocess_from_options, read_labels_file
     from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None
-    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess)
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess,
+                     cuda_graph=cuda_graph, notify=lambda m: print(f"note: {m}", file=sys.stderr))  # fmt: skip
     for warning in clf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return clf
@@ -183,12 +187,13 @@ def run(
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
+    no_cuda_graph: NoCudaGraphOpt = False,
 ) -> None:
     """Classify images; exit 1 when any image could not be used (each failure is reported in its own entry)."""
     from .images import expand_inputs
     from .run_report import render_results, results_json
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
     results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
     if as_json:
         print(results_json(results))
@@ -213,13 +218,14 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
+    no_cuda_graph: NoCudaGraphOpt = False,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None

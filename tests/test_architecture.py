@@ -74,7 +74,7 @@ FLOORS: list[tuple[str, set[str]]] = [
         },
     ),
     # running models and reading data sets: above training, which must import neither
-    ("run", {"cnnspec.sandbox", "cnnspec.runtime", "cnnspec.data"}),
+    ("run", {"cnnspec.sandbox", "cnnspec.runtime", "cnnspec.data", "cnnspec.cudagraph"}),
     # a command's library side, when it ties several floors together
     (
         "commands",
