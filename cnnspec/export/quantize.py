@@ -127,14 +127,18 @@ def _evaluation(
 class _Batches:
     """onnxruntime's CalibrationDataReader protocol: one feed dict per call, None when done."""
 
-    def __init__(self, name: str, x: np.ndarray) -> None:
+    def __init__(self, name: str, x: np.ndarray, equal_batches: bool = False) -> None:
         self.name, self.x, self.at = name, x, 0
+        # NOTE: onnxruntime's histogram calibrators (percentile, entropy) stack every run's outputs into one array,
+        # so all batches must have one size: the largest divisor of the sample count up to CALIBRATION_BATCH.
+        divisors = [d for d in range(1, CALIBRATION_BATCH + 1) if len(x) % d == 0]
+        self.batch = divisors[-1] if equal_batches else CALIBRATION_BATCH
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.at >= len(self.x):
             return None
-        batch = self.x[self.at : self.at + CALIBRATION_BATCH]
-        self.at += CALIBRATION_BATCH
+        batch = self.x[self.at : self.at + self.batch]
+        self.at += self.batch
         return {self.name: batch}
 
     def rewind(self) -> None:
@@ -152,7 +156,8 @@ def quantize(source: Source, calib_x: np.ndarray, method: Method, reduce_range: 
         try:
             with quiet():
                 quantize_static(
-                    prepared, str(out), _Batches(source.info.input_name, calib_x), quant_format=QuantFormat.QDQ,
+                    prepared, str(out), _Batches(source.info.input_name, calib_x, method != "minmax"),
+                    quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=preprocessing_nodes(prepared.graph), calibrate_method=methods[method],

@@ -5,9 +5,10 @@ sets it is calibrated and scored on, and the output's contract (names, shapes, m
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,12 +241,14 @@ def prepare(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """onnxruntime's quantization tools log advice (and progress) at INFO/WARNING; cnnspec reports itself."""
+    """onnxruntime's quantization tools log advice at INFO/WARNING and print calibration progress on stdout;
+    cnnspec reports itself (and `export --json` owns stdout)."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
