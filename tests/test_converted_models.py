@@ -21,6 +21,7 @@ from cnnspec.runtime import Classifier
 from cnnspec.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+DYNAMIC_OPS = ["Conv", "MatMul", "Gemm"]  # quantize_dynamic: ConvInteger, MatMulInteger, DynamicQuantizeLinear
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_dynamically_quantized_model_passes_the_allowlist_and_runs(peaky, tmp_pa
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = tmp_path / "dynamic.onnx"
-    quantize_dynamic(str(peaky), str(path), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    quantize_dynamic(str(peaky), str(path), weight_type=QuantType.QUInt8, op_types_to_quantize=DYNAMIC_OPS)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops
     check_runnable(onnx.load(path), str(path))
@@ -160,7 +161,7 @@ def test_inspect_describes_a_dynamically_quantized_model(peaky, tmp_path, capsys
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = tmp_path / "dynamic.onnx"
-    quantize_dynamic(str(peaky), str(path), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    quantize_dynamic(str(peaky), str(path), weight_type=QuantType.QUInt8, op_types_to_quantize=DYNAMIC_OPS)
     out = _inspect(capsys, path)
     assert "graph: int8 weights" in out and "uint8 " in out
     assert "ConvInteger x2" in out and "DynamicQuantizeLinear x" in out
