@@ -32,7 +32,7 @@ export PYTHONPATH=/tmp/site:$PWD
 
 step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
   python3 -c "import onnxruntime as o, torch; print(o.__version__, o.get_available_providers(), torch.__version__)"'
-step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cudagraph.py \
   tests/test_training.py::test_cuda_matches_cpu
 step train-cuda 120 python3 benchmarks/bench_training.py --device cuda --seconds 2 --rounds 2
 step digits-cuda 90 bash -c 'python3 examples/digits_data.py /tmp/digits > /dev/null &&

@@ -105,7 +105,8 @@ class CudaRunner:
         io.bind_ortvalue_output(self.output_name, y)
         options = ort.RunOptions()
         graph_id = self._graph_id()
-        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        if self.graphs:  # the key means something only to a session with graph capture on
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return _Binding(io, x, y, options, graph_id)
 
     def _run_unbound(self, x: np.ndarray) -> np.ndarray:
