@@ -405,11 +405,26 @@ def bench_precision(path: Path, device: str, threads: int | None, seconds: float
         sizes = {k: f.stat().st_size for k, f in files.items()}
         other = "int8" if device == "cpu" else "fp16"
         runners = {k: ort_runner(files[k].read_bytes(), device, threads) for k in ("fp32", other)}
+        graphs = cuda_graph_latency(files["fp32"].read_bytes(), model, seconds) if device == "cuda" else None
     x = rng.integers(0, 256, (batch, *chw)).astype(np.float32)
     stats = measure(runners, x, seconds)
-    return {"spec": spec.name, "device": device, "batch": batch, "other": other, "sizes": sizes,
+    return {"cuda_graph_batch1": graphs,
+            "spec": spec.name, "device": device, "batch": batch, "other": other, "sizes": sizes,
             "export_int8_s": int8_s, "fp32": stats["fp32"], other: stats[other],
             "speedup": stats[other]["images_per_s"] / stats["fp32"]["images_per_s"]}  # fmt: skip
+
+
+def cuda_graph_latency(data: bytes, model: onnx.ModelProto, seconds: float) -> dict:
+    """Batch-1 latency on CUDA with and without CUDA graphs (cnnspec.cudagraph, as `run --device cuda` uses)."""
+    from cnnspec.cudagraph import CudaRunner
+
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    runners = {f"graphs={g}": CudaRunner(data, "input", "output", classes, use_graph=g).run for g in (True, False)}
+    chw = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    stats = measure(runners, np.zeros((1, *chw), np.float32), seconds)
+    return {k: v["p50_ms"] for k, v in stats.items()} | {
+        "ratio": stats["graphs=True"]["p50_ms"] / stats["graphs=False"]["p50_ms"]
+    }
 
 
 def digits_accuracy(threads: int | None) -> list[dict]:
@@ -472,6 +487,9 @@ def main_precision(args) -> None:
              for d in devices for p in specs]  # fmt: skip
     accuracy = [] if args.no_accuracy else digits_accuracy(args.threads)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    for r in speed:
+        if r["cuda_graph_batch1"]:
+            print(f"{r['spec']} CUDA batch-1 p50 ms with/without graphs: {r['cuda_graph_batch1']}")
     print(precision_markdown(speed, accuracy))
     if args.json:
         args.json.write_text(json.dumps({"speed": speed, "accuracy": accuracy}, indent=1))

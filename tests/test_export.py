@@ -207,6 +207,10 @@ def test_bad_calibration_data_is_one_clear_error(trained, tmp_path, capsys, kind
 
 def test_usage_errors(trained, digits, tmp_path, capsys):
     out = tmp_path / "q.onnx"
+    half = tmp_path / "half.onnx"
+    export(trained["digits"], "fp16", half)
+    code, _, err = cli(capsys, "export", half, "--to", "int8", "--calibration", digits / "train.npz", "-o", out)
+    assert code == 2 and "already holds fp16 weights" in err
     cases = [
         (["--to", "int8"], "needs --calibration"),
         (["--to", "fp16", "--samples", "3"], "--samples does not apply to --to fp16"),

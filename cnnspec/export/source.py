@@ -19,6 +19,7 @@ import onnx
 from ..data import Dataset, load_dataset
 from ..errors import CnnspecError, ModelError, UsageError
 from ..foreign import Preprocess, preprocess_from_options
+from ..graph_stats import graph_stats
 from ..modelfile import ModelInfo, check_runnable, parse_model, read_model_bytes
 from ..runtime import softmax
 from ..sandbox import probe_model
@@ -83,6 +84,9 @@ def load_source(
     data = read_model_bytes(path)
     model = parse_model(data, str(path))
     info = check_runnable(model, str(path))
+    precision = graph_stats(model).precision
+    if precision != "fp32":
+        raise UsageError(f"'{path}' already holds {precision} weights; export converts fp32 models (give the original)")
     preprocess = preprocess_from_options(scale, mean, std)
     is_cnnspec = "cnnspec.spec" in info.metadata
     if preprocess is not None and is_cnnspec:
