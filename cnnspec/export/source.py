@@ -85,7 +85,7 @@ def load_source(
     model = parse_model(data, str(path))
     info = check_runnable(model, str(path))
     precision = graph_stats(model).precision
-    if precision != "fp32":
+    if precision not in ("fp32", "none"):  # "none": no Conv/Gemm/MatMul weights to tell by
         raise UsageError(f"'{path}' already holds {precision} weights; export converts fp32 models (give the original)")
     preprocess = preprocess_from_options(scale, mean, std)
     is_cnnspec = "cnnspec.spec" in info.metadata
