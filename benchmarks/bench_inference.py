@@ -6,6 +6,7 @@ side, interleaved in rounds, so a change in machine load hits them alike.
 
   python benchmarks/bench_inference.py                       # all specs, CPU (and CUDA when present)
   python benchmarks/bench_inference.py specs/seed.yaml --seconds 2 --json out.json
+  python benchmarks/bench_inference.py --precision specs/seed.yaml specs/resnet18_cifar.yaml   # fp32 vs int8/fp16
 
 PyTorch is optional (not a cnnspec dependency): install it in a separate venv to get the comparison columns,
 e.g. `python -m venv --system-site-packages /tmp/tv && /tmp/tv/bin/pip install torch onnxscript`.
@@ -374,6 +375,128 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- precision: `cnnspec export --to int8|fp16` against fp32 ---------------------------------------------------
+
+
+def bench_precision(path: Path, device: str, threads: int | None, seconds: float, batch: int) -> dict:
+    """fp32 vs int8 (CPU) or fp32 vs fp16 (CUDA) images/s at `batch`, interleaved; model sizes of all three.
+
+    The weights are compile --seed 0 and the int8 calibration is random pixels: throughput and size do not
+    depend on what the weights learned (accuracy is the digits table's job)."""
+    import tempfile
+
+    from cnnspec.export import export
+
+    spec = load_spec(path)
+    model = compile_spec(spec, seed=0)
+    chw = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"fp32": Path(tmp) / "fp32.onnx", "int8": Path(tmp) / "int8.onnx", "fp16": Path(tmp) / "fp16.onnx"}
+        files["fp32"].write_bytes(model_bytes(model))
+        c, h, w = chw
+        np.savez(Path(tmp) / "cal.npz", x=rng.integers(0, 256, (128, h, w, c)).astype(np.uint8),
+                 y=rng.integers(0, classes, 128))  # fmt: skip
+        started = time.perf_counter()
+        # on a GPU machine only the int8 size is wanted: calibrate (on the CPU) briefly
+        samples = 128 if device == "cpu" else 16
+        export(files["fp32"], "int8", files["int8"], calibration=Path(tmp) / "cal.npz", samples=samples)
+        int8_s = time.perf_counter() - started
+        export(files["fp32"], "fp16", files["fp16"])
+        sizes = {k: f.stat().st_size for k, f in files.items()}
+        other = "int8" if device == "cpu" else "fp16"
+        runners = {k: ort_runner(files[k].read_bytes(), device, threads) for k in ("fp32", other)}
+        graphs = cuda_graph_latency(files["fp32"].read_bytes(), model, seconds) if device == "cuda" else None
+    x = rng.integers(0, 256, (batch, *chw)).astype(np.float32)
+    stats = measure(runners, x, seconds)
+    return {"cuda_graph_batch1": graphs,
+            "spec": spec.name, "device": device, "batch": batch, "other": other, "sizes": sizes,
+            "export_int8_s": int8_s, "fp32": stats["fp32"], other: stats[other],
+            "speedup": stats[other]["images_per_s"] / stats["fp32"]["images_per_s"]}  # fmt: skip
+
+
+def cuda_graph_latency(data: bytes, model: onnx.ModelProto, seconds: float) -> dict:
+    """Batch-1 latency on CUDA with and without CUDA graphs (cnnspec.cudagraph, as `run --device cuda` uses)."""
+    from cnnspec.cudagraph import CudaRunner
+
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    runners = {f"graphs={g}": CudaRunner(data, "input", "output", classes, use_graph=g).run for g in (True, False)}
+    chw = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    stats = measure(runners, np.zeros((1, *chw), np.float32), seconds)
+    return {k: v["p50_ms"] for k, v in stats.items()} | {
+        "ratio": stats["graphs=True"]["p50_ms"] / stats["graphs=False"]["p50_ms"]
+    }
+
+
+def digits_accuracy(threads: int | None) -> list[dict]:
+    """Train specs/digits.yaml and specs/digits_residual.yaml on sklearn's digits (their own training settings),
+    export int8 (each calibration method, 512 samples of train) and fp16, score all on the held-out test split."""
+    import contextlib
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from digits_data import write_digits
+
+    from cnnspec.export import export
+    from cnnspec.train_command import train_command
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        with contextlib.redirect_stdout(io.StringIO()):
+            write_digits(data, n_images=0)
+        for name in ("digits", "digits_residual"):
+            fp32 = data / f"{name}.onnx"
+            with contextlib.redirect_stderr(io.StringIO()):
+                train_command(ROOT / "specs" / f"{name}.yaml", data / "train.npz", fp32, threads=threads)
+            jobs = [("int8", m, {"calibration": data / "train.npz", "method": m}) for m in ("minmax", "percentile",
+                    "entropy")] + [("fp16", "-", {})]  # fmt: skip
+            for to, method, options in jobs:
+                out = data / f"{name}-{to}-{method}.onnx"
+                r = export(fp32, to, out, eval_data=data / "test.npz", max_drop=100, threads=threads, **options)
+                a = r.accuracy
+                rows.append({"spec": name, "precision": to, "method": method, "n": a.n, "fp32": a.fp32,
+                             "exported": a.exported, "agreement": a.agreement, "drop": a.drop,
+                             "bytes_fp32": fp32.stat().st_size, "bytes": r.size})  # fmt: skip
+    return rows
+
+
+def precision_markdown(speed: list[dict], accuracy: list[dict]) -> str:
+    lines = ["| spec | device | batch | fp32 img/s (p50) | int8/fp16 img/s (p50) | speed-up | fp32 / fp16 / int8 bytes "
+             "| int8 export s |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in speed:
+        sz = r["sizes"]
+        lines.append(f"| {r['spec']} | {r['device']} | {r['batch']} | {r['fp32']['images_per_s']:.0f} | "
+                     f"{r['other']} {r[r['other']]['images_per_s']:.0f} | {r['speedup']:.2f}x | "
+                     f"{sz['fp32']:,} / {sz['fp16']:,} / {sz['int8']:,} | {r['export_int8_s']:.1f} |")  # fmt: skip
+    if accuracy:
+        lines += ["", "| spec | precision | calibration | n | fp32 acc | exported acc | agreement | drop (points) "
+                  "| bytes (fp32 -> exported) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in accuracy:
+            lines.append(f"| {r['spec']} | {r['precision']} | {r['method']} | {r['n']} | {100 * r['fp32']:.2f}% | "
+                         f"{100 * r['exported']:.2f}% | {100 * r['agreement']:.2f}% | {r['drop']:.2f} | "
+                         f"{r['bytes_fp32']:,} -> {r['bytes']:,} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main_precision(args) -> None:
+    specs = args.specs or [ROOT / "specs/seed.yaml", ROOT / "specs/resnet18_cifar.yaml"]
+    devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in available_providers() else [])
+    devices = devices if args.device == "all" else [args.device]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+    speed = [bench_precision(p, d, args.threads, args.seconds, args.batch if d == "cpu" else args.batch_cuda)
+             for d in devices for p in specs]  # fmt: skip
+    accuracy = [] if args.no_accuracy else digits_accuracy(args.threads)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    for r in speed:
+        if r["cuda_graph_batch1"]:
+            print(f"{r['spec']} CUDA batch-1 p50 ms with/without graphs: {r['cuda_graph_batch1']}")
+    print(precision_markdown(speed, accuracy))
+    if args.json:
+        args.json.write_text(json.dumps({"speed": speed, "accuracy": accuracy}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", type=Path, help="spec files (default: specs/*.yaml)")
@@ -382,7 +505,13 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table")
+    parser.add_argument("--precision", action="store_true", help="fp32 vs int8 (CPU) / fp16 (CUDA), sizes, digits")
+    parser.add_argument("--batch", type=int, default=64, help="--precision: CPU batch size")
+    parser.add_argument("--batch-cuda", type=int, default=256, help="--precision: CUDA batch size")
+    parser.add_argument("--no-accuracy", action="store_true", help="--precision: skip the digits accuracy table")
     args = parser.parse_args()
+    if args.precision:
+        return main_precision(args)
     specs = args.specs or sorted((ROOT / "specs").glob("*.yaml"))
     devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in available_providers() else [])
     devices = devices if args.device == "all" else [args.device]

@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT" /tmp/parts /tmp/site
 export PYTHONUNBUFFERED=1
 
-STEPS=${STEPS:-"machine cuda-tests train-cuda digits-cuda inference-cuda train-cpu"}  # a subset reruns fewer
+STEPS=${STEPS:-"machine cuda-tests train-cuda digits-cuda inference-cuda precision-cuda train-cpu"}  # a subset reruns fewer
 
 step() {  # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.log, report the exit status and time
     local name=$1 limit=$2 start=$SECONDS
@@ -32,7 +32,7 @@ export PYTHONPATH=/tmp/site:$PWD
 
 step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
   python3 -c "import onnxruntime as o, torch; print(o.__version__, o.get_available_providers(), torch.__version__)"'
-step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cudagraph.py \
   tests/test_training.py::test_cuda_matches_cpu
 step train-cuda 120 python3 benchmarks/bench_training.py --device cuda --seconds 2 --rounds 2
 step digits-cuda 90 bash -c 'python3 examples/digits_data.py /tmp/digits > /dev/null &&
@@ -40,4 +40,7 @@ step digits-cuda 90 bash -c 'python3 examples/digits_data.py /tmp/digits > /dev/
   python3 -m cnnspec evaluate /tmp/digits.onnx --data /tmp/digits/test.npz --device cuda | head -n 1 &&
   python3 -m cnnspec run /tmp/digits.onnx /tmp/digits/images --device cuda | head -n 4'
 step inference-cuda 120 python3 benchmarks/bench_inference.py --device cuda --seconds 0.5 --markdown
+# fp32 vs fp16 at batch 256 and batch-1 latency with/without CUDA graphs (issue 13), resnet50 included
+step precision-cuda 150 python3 benchmarks/bench_inference.py --precision --device cuda --no-accuracy --seconds 1 \
+  specs/seed.yaml specs/resnet18_cifar.yaml specs/resnet50.yaml
 step train-cpu 60 python3 benchmarks/bench_training.py --seconds 2 --rounds 2 specs/seed.yaml

@@ -227,15 +227,19 @@ ScaleOpt = Annotated[Optional[float], typer.Option("--scale", help="Foreign mode
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Foreign models: per-channel mean, e.g. 0.5,0.5,0.5.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Foreign models: per-channel std, e.g. 0.25.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+NoCudaGraphOpt = Annotated[
+    bool, typer.Option("--no-cuda-graph", help="--device cuda: run without CUDA graphs (on by default).")
+]
 
 
-def _classifier(model, device, threads, labels, scale, mean, std):
+def _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=True):
     from .foreign import preprocess_from_options, read_labels_file
     from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None
-    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess)
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess,
+                     cuda_graph=cuda_graph, notify=lambda m: print(f"note: {m}", file=sys.stderr))  # fmt: skip
     for warning in clf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return clf
@@ -255,12 +259,13 @@ def run(
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
+    no_cuda_graph: NoCudaGraphOpt = False,
 ) -> None:
     """Classify images; exit 1 when any image could not be used (each failure is reported in its own entry)."""
     from .images import expand_inputs
     from .run_report import render_results, results_json
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
     results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
     if as_json:
         print(results_json(results))
@@ -285,19 +290,53 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
+    no_cuda_graph: NoCudaGraphOpt = False,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None
     dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
+
+
+_EXPORT_TO = typer.Option("--to", help="Target: int8 (static QDQ quantization) or fp16 (float16, float32 I/O).")
+_CALIBRATION = typer.Option("--calibration", help="int8: data to calibrate on (folder, .npz or IDX, as train reads).")
+_SAMPLES = typer.Option("--samples", min=1, max=1_000_000, help="int8: calibration samples (default 512).")
+_METHOD = typer.Option("--method", help="int8: calibration method (default minmax).")
+_EVAL = typer.Option("--eval", help="Labelled data to compare accuracy with the fp32 model on.")
+_MAX_DROP = typer.Option("--max-drop", min=0, max=100, help="Refuse (exit 1) above this accuracy drop (default 1.0).")
+
+
+@app.command("export")
+def export_cmd(
+    model: ModelPath,
+    to: Annotated[str, _EXPORT_TO],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the exported model.")],
+    calibration: Annotated[Optional[Path], _CALIBRATION] = None,
+    samples: Annotated[Optional[int], _SAMPLES] = None,
+    method: Annotated[Optional[Literal["minmax", "percentile", "entropy"]], _METHOD] = None,
+    eval_data: Annotated[Optional[Path], _EVAL] = None,
+    max_drop: Annotated[Optional[float], _MAX_DROP] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (path, sha256, accuracy).")] = False,
+    threads: ThreadsOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Convert a model for deployment (int8, fp16), report the accuracy it costs, refuse it past --max-drop."""
+    from .export import export_command
+
+    export_command(
+        model, to, output, as_json=as_json, calibration=calibration, samples=samples, method=method,
+        eval_data=eval_data, max_drop=max_drop, threads=threads, scale=scale, mean=mean, std=std,
+    )  # fmt: skip
 
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelError, UsageError
+from .graph_stats import outputs_probabilities
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf cannot hold more in one message
 
@@ -55,7 +56,9 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 
 # ---- pre-checks before onnxruntime ever sees an untrusted model --------------------------------------------------
 
-# What cnnspec emits, plus the plain ops common exporters (torch.onnx, tf2onnx) use for the same classifiers.
+# What cnnspec emits, plus the plain ops common exporters (torch.onnx, tf2onnx) use for the same classifiers, and
+# the standard-domain quantization ops: QDQ models (`export --to int8`, onnxruntime's quantize_static) and
+# dynamically quantized ones (quantize_dynamic: DynamicQuantizeLinear + MatMulInteger/ConvInteger).
 # Left out on purpose: control flow (Loop/If/Scan), ops that allocate from runtime values (ConstantOfShape,
 # Expand, Tile, Range, Resize/Upsample), and anything outside the default domain.
 ALLOWED_OPS = frozenset(
@@ -64,11 +67,12 @@ ALLOWED_OPS = frozenset(
     Transpose Squeeze Unsqueeze Concat Identity Dropout Constant Shape Gather Slice Pad
     Relu LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softmax LogSoftmax Gelu Erf Clip PRelu Softplus
     Add Sub Mul Div Sqrt Pow Exp Log Neg Abs Reciprocal Max Min Sum Mean ReduceMean ReduceMax ReduceSum Cast
-    Greater Softsign""".split()
+    Greater Softsign
+    QuantizeLinear DequantizeLinear DynamicQuantizeLinear MatMulInteger ConvInteger QLinearConv QLinearMatMul""".split()
 )
 MAX_NODES = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 29  # 2 GiB of float32: protobuf could not hold more anyway
-_WINDOW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool"})
+_WINDOW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "ConvInteger", "QLinearConv"})
 _POSITIVE_INTS = ("strides", "dilations", "kernel_shape", "group")
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
@@ -196,14 +200,13 @@ def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
     if out_dims is None or len(out_dims) != 2 or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise ModelError(f"'{source}': model output must be float32 [N, classes]; {_describe(list(graph.output))}")
     classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
-    producer = {n.output[0]: n.op_type for n in graph.node if n.output}
     return ModelInfo(
         input_name=inputs[0].name,
         chw=(c, h, w),
         output_name=graph.output[0].name,
         classes=classes,
         metadata={p.key: p.value for p in model.metadata_props},
-        ends_in_softmax=producer.get(graph.output[0].name) == "Softmax",
+        ends_in_softmax=outputs_probabilities(graph),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,8 @@ class Classifier:
         labels: Sequence[str] | None = None,
         preprocess: Preprocess | None = None,
         sandbox: bool = True,
+        cuda_graph: bool = True,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.path = str(model_path)
         data = read_model_bytes(model_path)
@@ -76,6 +78,8 @@ class Classifier:
         self.device = resolve_device(device)
         self._data, self._threads, self._session = data, threads, None
         self._probe = None
+        # --device cuda: CUDA graphs unless turned off (cudagraph.py); `notify` hears once when they cannot be used
+        self._cuda_graph, self._notify, self._cuda = cuda_graph, notify or _warn, None
         if sandbox:
             self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
         self.classes = self.info.classes or self._probe_classes()
@@ -95,7 +99,15 @@ class Classifier:
         if self._session is None:
             if self._probe is not None:
                 self._probe.wait()
-            self._session = make_session(self._data, self.device, self._threads)
+            if self.device == "cuda":
+                from .cudagraph import CudaRunner
+
+                info = self.info
+                self._cuda = CudaRunner(self._data, info.input_name, info.output_name, info.classes, self._threads,
+                                        use_graph=self._cuda_graph, notify=self._notify)  # fmt: skip
+                self._session = self._cuda.session
+            else:
+                self._session = make_session(self._data, self.device, self._threads)
             self._data = b""
         return self._session
 
@@ -134,14 +146,9 @@ class Classifier:
         return self.session.run([self.info.output_name], {self.info.input_name: x})[0]
 
     def _run_cuda(self, x: np.ndarray) -> np.ndarray:
-        """IOBinding: the batch is copied to the GPU once and the output stays there until one copy back."""
-        import onnxruntime as ort
-
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.info.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        binding.bind_output(self.info.output_name, "cuda", 0)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        """IOBinding on fixed device buffers per batch size, replayed as a CUDA graph (cudagraph.py)."""
+        self.session  # noqa: B018 - creates the runner once the sandboxed probe has passed
+        return self._cuda.run(x)
 
     def scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, classes] for raw pixels [N, C, H, W]; logits get a softmax (documented)."""
@@ -191,6 +198,12 @@ class Classifier:
     def _top(self, row: np.ndarray, k: int) -> list[Prediction]:
         order = np.argsort(-row, kind="stable")[: min(k, len(row))]
         return [Prediction(self.labels[i], int(i), float(row[i])) for i in order]
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

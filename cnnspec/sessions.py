@@ -38,7 +38,11 @@ def resolve_device(device: str) -> str:
 
 
 def make_session(
-    model: bytes, device: str = "cpu", threads: int | None = None, config: dict[str, str] | None = None
+    model: bytes,
+    device: str = "cpu",
+    threads: int | None = None,
+    config: dict[str, str] | None = None,
+    cuda_graph: bool = False,
 ) -> Any:
     """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
 
@@ -57,7 +61,9 @@ def make_session(
     options.log_severity_level = 3  # errors only: warnings must not leak into `run --json` pipelines
     for key, value in (config or {}).items():  # session config entries (training turns off spinning)
         options.add_session_config_entry(key, value)
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    providers: list[Any] = [CUDA, CPU] if device == "cuda" else [CPU]
+    if device == "cuda" and cuda_graph:  # cudagraph.py binds fixed buffers and picks a graph per batch size
+        providers[0] = (CUDA, cuda_provider_options(cuda_graph=True))
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
@@ -67,6 +73,11 @@ def make_session(
             f"CUDA requested but the session could not start on CUDA (check the CUDA libraries); {GPU_HINT}"
         )
     return session
+
+
+def cuda_provider_options(cuda_graph: bool) -> dict[str, str]:
+    """The CUDA provider's options: CUDA graphs on or off (onnxruntime's `enable_cuda_graph`)."""
+    return {"enable_cuda_graph": "1" if cuda_graph else "0"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.foreign",
             "cnnspec.images",
             "cnnspec.sessions",
+            "cnnspec.graph_stats",
         },
     ),
     ("builder", {"cnnspec.builder"}),
@@ -73,7 +74,7 @@ FLOORS: list[tuple[str, set[str]]] = [
         },
     ),
     # running models and reading data sets: above training, which must import neither
-    ("run", {"cnnspec.sandbox", "cnnspec.runtime", "cnnspec.data"}),
+    ("run", {"cnnspec.sandbox", "cnnspec.runtime", "cnnspec.data", "cnnspec.cudagraph"}),
     # a command's library side, when it ties several floors together
     (
         "commands",
@@ -92,6 +93,12 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.keras_import.yaml_text",
             "cnnspec.command_reports",
             "cnnspec.doctor",
+            # `export --to int8|fp16`: targets over the run floor (sessions, data sets, sandbox)
+            "cnnspec.export",
+            "cnnspec.export.source",
+            "cnnspec.export.report",
+            "cnnspec.export.quantize",
+            "cnnspec.export.half",
         },
     ),
     ("cli", {"cnnspec.cli", "cnnspec.cli_help", "cnnspec.__main__"}),
@@ -278,6 +285,9 @@ def test_the_spec_side_imports_no_heavy_runtime():
 def test_onnxruntime_is_imported_only_where_models_run():
     # doctor.py checks onnxruntime itself: its distribution, providers and a CUDA-only session
     allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py", "doctor.py"}
+    # onnxruntime's own quantization and float16 tools, used by `export` (they run the model to calibrate)
+    allowed |= {"export/source.py", "export/quantize.py", "export/half.py"}
+    allowed.add("cudagraph.py")  # IOBinding buffers and run options for CUDA graphs
     assert modules_importing("onnxruntime") <= allowed
 
 
