@@ -228,6 +228,27 @@ def evaluate(
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
 
+@app.command()
+def serve(
+    models: Annotated[list[Path], typer.Argument(help="One or more .onnx models.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback should have --api-key-file.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the key clients send as Bearer.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Serve a single model under this name.")] = None,
+    threads: ThreadsOpt = None,
+    max_body_mb: Annotated[int, typer.Option(min=1, max=4096, help="Request body limit in MiB.")] = 64,
+    timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Per-request inference timeout (s).")] = 30.0,
+) -> None:
+    """Serve models over HTTP with the Open Inference Protocol (KServe v2, Triton's binary extension) and a page at /;
+    needs the extra: pip install 'cnnspec[serve]'."""
+    from .serving.cli_serve import serve_command
+
+    serve_command(models, host, port, device, api_key_file, name, threads, max_body_mb, timeout)
+
+
 
 OptPath = Optional[Path]
 _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")

@@ -76,6 +76,20 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("run", {"cnnspec.sandbox", "cnnspec.runtime", "cnnspec.data"}),
     # a command's library side, when it ties several floors together
     ("commands", {"cnnspec.train_command", "cnnspec.inspection", "cnnspec.run_report"}),
+    # serving and scale-out inference (issue 14): the optional web stack, Triton repositories, Ray
+    (
+        "serving",
+        {
+            "cnnspec.serving",
+            "cnnspec.serving.protocol",
+            "cnnspec.serving.page",
+            "cnnspec.serving.models",
+            "cnnspec.serving.server",
+            "cnnspec.serving.cli_serve",
+            "cnnspec.serving.triton",
+            "cnnspec.serving.ray_batch",
+        },
+    ),
     ("cli", {"cnnspec.cli", "cnnspec.__main__"}),
 ]
 FLOOR = {module: (level, name) for level, (name, modules) in enumerate(FLOORS) for module in modules}
@@ -258,7 +272,7 @@ def test_the_spec_side_imports_no_heavy_runtime():
 
 
 def test_onnxruntime_is_imported_only_where_models_run():
-    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py"}
+    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py", "serving/models.py"}
     assert modules_importing("onnxruntime") <= allowed
 
 
