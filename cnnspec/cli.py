@@ -249,6 +249,24 @@ def serve(
     serve_command(models, host, port, device, api_key_file, name, threads, max_body_mb, timeout)
 
 
+@app.command("export")
+def export_cmd(
+    model: ModelPath,
+    to: Annotated[Literal["triton"], typer.Option("--to", help="triton: a Triton Inference Server model repository.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The model repository folder (created if missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: the file's stem).")] = None,
+    max_batch_size: Annotated[int, typer.Option(min=0, max=1 << 20, help="Triton max_batch_size (0: none).")] = 64,
+    instances: Annotated[int, typer.Option(min=1, max=256, help="Model instances (instance_group count).")] = 1,
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Triton instance kind: cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object describing what was written.")] = False,
+) -> None:
+    """Export a model for a serving stack: --to triton writes a Triton model repository (config.pbtxt, 1/model.onnx,
+    labels.txt)."""
+    from .serving.triton import export_command
+
+    export_command(model, output, name, max_batch_size, instances, device, as_json)
+
+
 
 OptPath = Optional[Path]
 _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")
