@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from serve_helpers import Server  # noqa: E402
+
 from cnnspec.compiler import compile_spec, model_bytes  # noqa: E402
 from cnnspec.spec import load_spec  # noqa: E402
-from serve_helpers import Server  # noqa: E402
 
 
 def request_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:

@@ -254,7 +254,7 @@ def export_cmd(
     model: ModelPath,
     to: Annotated[Literal["triton"], typer.Option("--to", help="triton: a Triton Inference Server model repository.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The model repository folder (created if missing).")],
-    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: the file's stem).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: file stem).")] = None,
     max_batch_size: Annotated[int, typer.Option(min=0, max=1 << 20, help="Triton max_batch_size (0: none).")] = 64,
     instances: Annotated[int, typer.Option(min=1, max=256, help="Model instances (instance_group count).")] = 1,
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Triton instance kind: cpu or cuda.")] = "cpu",

@@ -87,7 +87,6 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.serving.server",
             "cnnspec.serving.cli_serve",
             "cnnspec.serving.triton",
-            "cnnspec.serving.ray_batch",
         },
     ),
     ("cli", {"cnnspec.cli", "cnnspec.__main__"}),

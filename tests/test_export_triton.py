@@ -50,7 +50,9 @@ def test_repository_matches_the_onnx_file(tmp_path, model, device, kind):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["name"] == "mnist" and doc["max_batch_size"] == 32 and doc["repository"] == str(repo)
-    assert sorted(doc["files"]) == sorted(str(repo / "mnist" / f) for f in ("config.pbtxt", "labels.txt", "1/model.onnx"))
+    assert sorted(doc["files"]) == sorted(
+        str(repo / "mnist" / f) for f in ("config.pbtxt", "labels.txt", "1/model.onnx")
+    )
     assert (repo / "mnist" / "1" / "model.onnx").read_bytes() == model.read_bytes()
     assert (repo / "mnist" / "labels.txt").read_text().splitlines() == LABELS
 

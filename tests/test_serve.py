@@ -52,7 +52,9 @@ def compile_model(folder: Path, name: str = "digits", seed: int = 3) -> Path:
 def digit_png(digit: int = 1) -> bytes:
     img = Image.new("L", (28, 28), 0)
     draw = ImageDraw.Draw(img)
-    draw.line([(14, 4), (14, 24)], fill=255, width=3) if digit == 1 else draw.ellipse([6, 4, 22, 24], outline=255, width=3)
+    draw.line([(14, 4), (14, 24)], fill=255, width=3) if digit == 1 else draw.ellipse(
+        [6, 4, 22, 24], outline=255, width=3
+    )
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -146,7 +148,11 @@ def test_curl_json_and_base64_image(server, model):
     doc = json.loads(out.stdout)
     assert doc["outputs"][0]["shape"] == [1, 10]
     np.testing.assert_allclose(doc["outputs"][0]["data"], reference(model, x).ravel(), rtol=1e-5, atol=1e-6)
-    img = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(digit_png()).decode()]}]}
+    img = {
+        "inputs": [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(digit_png()).decode()]}
+        ]
+    }
     out = subprocess.run(
         [curl, "-sS", "-w", "\n%{http_code}", "-d", json.dumps(img), f"{server.url}/v2/models/digits/infer"],
         capture_output=True, text=True, check=True, timeout=60,
@@ -173,7 +179,16 @@ def _nan_binary():
     x = np.zeros((1, 1, 28, 28), np.float32)
     x[0, 0, 3, 3] = np.nan
     return _binary(
-        {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}]},
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        },
         x.tobytes(),
     )
 
@@ -181,7 +196,11 @@ def _nan_binary():
 def _image_binary(data: bytes):
     blob = struct.pack("<I", len(data)) + data
     return _binary(
-        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}]},
+        {
+            "inputs": [
+                {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+            ]
+        },
         blob,
     )
 

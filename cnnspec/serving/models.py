@@ -70,7 +70,9 @@ class ServedModel:
             raw = self.session.run([self.output_name], {self.input_name: x}, cancel)[0]
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types; a terminate lands here
             if cancel is not None and cancel.terminate:
-                raise ProtocolError(f"inference took longer than the {limits.timeout_s:g} s request timeout", 504) from None
+                raise ProtocolError(
+                    f"inference took longer than the {limits.timeout_s:g} s request timeout", 504
+                ) from None
             raise ProtocolError(f"onnxruntime failed on this input: {str(exc).splitlines()[0][:300]}", 500) from None
         return [self._output(o, raw) for o in self._wanted(request)]
 
@@ -100,7 +102,9 @@ class ServedModel:
             raise ProtocolError(f"input '{self.input_name}' must be FP32; got {tensor.datatype}")
         chw = self.classifier.chw
         if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != chw:
-            raise ProtocolError(f"input '{self.input_name}' must have shape [N, {', '.join(map(str, chw))}]; got {tensor.shape}")
+            raise ProtocolError(
+                f"input '{self.input_name}' must have shape [N, {', '.join(map(str, chw))}]; got {tensor.shape}"
+            )
         if tensor.shape[0] == 0:
             raise ProtocolError(f"input '{self.input_name}' has an empty batch")
         if not np.isfinite(tensor.value).all():

@@ -74,7 +74,9 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
         tensor, offset = _parse_input(raw, i, binary, offset, max_elements)
         inputs.append(tensor)
     if offset != len(binary):
-        raise ProtocolError(f"the binary part has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}")
+        raise ProtocolError(
+            f"the binary part has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
     params = _params(doc, "the request")
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
@@ -153,7 +155,9 @@ def _parse_input(raw: Any, i: int, binary: bytes, offset: int, max_elements: int
     else:
         if "data" not in raw:
             raise ProtocolError(f"{where}: no 'data' and no binary_data_size")
-        value = _fp32_from_json(raw["data"], shape, count, where) if datatype == "FP32" else _bytes_json(raw["data"], where)
+        value = (
+            _fp32_from_json(raw["data"], shape, count, where) if datatype == "FP32" else _bytes_json(raw["data"], where)
+        )
     if datatype == "BYTES" and len(value) != count:
         raise ProtocolError(f"{where}: shape {shape} has {count} elements but {len(value)} were sent")
     return Tensor(name, datatype, shape, value), offset

@@ -27,6 +27,7 @@ from .models import Limits, ServedModel, run_options
 from .page import render_page
 from .protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_request
 
+
 def _missing(extra: str, exc: ImportError) -> ImportError:
     return ImportError(f"{exc.name} is not installed; pip install 'cnnspec[{extra}]'")
 
