@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from .cli_help import CnnspecTyper, complete_model, complete_spec
-from .errors import CnnspecError, SpecError
+from .errors import CnnspecError, SpecError, UsageError
 
 app = CnnspecTyper(
     name="cnnspec",
@@ -199,7 +199,6 @@ def export_artifacts_cmd(
 ) -> None:
     """Write onnxruntime-training's four artifacts (training, eval, optimizer models, checkpoint) for on-device
     training; needs onnxruntime-training 1.19.2 in its own environment (docs/ort-training.md)."""
-    from .errors import UsageError
     from .spec import load_spec
     from .training.ort_artifacts import export_artifacts
 
@@ -306,31 +305,75 @@ def evaluate(
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
 
-_EXPORT_TO = typer.Option("--to", help="Target: int8 (static QDQ quantization) or fp16 (float16, float32 I/O).")
+@app.command()
+def serve(
+    models: Annotated[list[Path], typer.Argument(help="One or more .onnx models.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback should have --api-key-file.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the key clients send as Bearer.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Serve a single model under this name.")] = None,
+    threads: ThreadsOpt = None,
+    max_body_mb: Annotated[int, typer.Option(min=1, max=4096, help="Request body limit in MiB.")] = 64,
+    timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Per-request inference timeout (s).")] = 30.0,
+) -> None:
+    """Serve models over HTTP with the Open Inference Protocol (KServe v2, Triton's binary extension) and a page at /;
+    needs the extra: pip install 'cnnspec[serve]'."""
+    from .serving.cli_serve import serve_command
+
+    serve_command(models, host, port, device, api_key_file, name, threads, max_body_mb, timeout)
+
+
+_EXPORT_TO = typer.Option(
+    "--to", help="int8 (static QDQ quantization), fp16 (float16, float32 I/O) or triton (a Triton model repository)."
+)
 _CALIBRATION = typer.Option("--calibration", help="int8: data to calibrate on (folder, .npz or IDX, as train reads).")
 _SAMPLES = typer.Option("--samples", min=1, max=1_000_000, help="int8: calibration samples (default 512).")
 _METHOD = typer.Option("--method", help="int8: calibration method (default minmax).")
 _EVAL = typer.Option("--eval", help="Labelled data to compare accuracy with the fp32 model on.")
 _MAX_DROP = typer.Option("--max-drop", min=0, max=100, help="Refuse (exit 1) above this accuracy drop (default 1.0).")
+_TRITON_NAME = typer.Option(help="triton: the model's name in the repository (default: the file's stem).")
+_MAX_BATCH = typer.Option(min=0, max=1 << 20, help="triton: max_batch_size (default 64; 0: no batching).")
+_INSTANCES = typer.Option(min=1, max=256, help="triton: model instances (instance_group count, default 1).")
+_TRITON_DEVICE = typer.Option(help="triton: instance kind, cpu or cuda (default cpu).")
 
 
 @app.command("export")
 def export_cmd(
     model: ModelPath,
-    to: Annotated[str, _EXPORT_TO],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the exported model.")],
+    to: Annotated[Literal["int8", "fp16", "triton"], _EXPORT_TO],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The exported model (triton: the repository folder).")],
     calibration: Annotated[Optional[Path], _CALIBRATION] = None,
     samples: Annotated[Optional[int], _SAMPLES] = None,
     method: Annotated[Optional[Literal["minmax", "percentile", "entropy"]], _METHOD] = None,
     eval_data: Annotated[Optional[Path], _EVAL] = None,
     max_drop: Annotated[Optional[float], _MAX_DROP] = None,
+    name: Annotated[Optional[str], _TRITON_NAME] = None,
+    max_batch_size: Annotated[Optional[int], _MAX_BATCH] = None,
+    instances: Annotated[Optional[int], _INSTANCES] = None,
+    device: Annotated[Optional[Literal["cpu", "cuda"]], _TRITON_DEVICE] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (path, sha256, accuracy).")] = False,
     threads: ThreadsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
 ) -> None:
-    """Convert a model for deployment (int8, fp16), report the accuracy it costs, refuse it past --max-drop."""
+    """Convert a model for deployment (int8, fp16: with the accuracy it costs, refused past --max-drop) or write
+    a Triton Inference Server model repository for it (config.pbtxt, 1/model.onnx, labels.txt)."""
+    converting = {"--calibration": calibration, "--samples": samples, "--method": method, "--eval": eval_data,
+                  "--max-drop": max_drop, "--threads": threads, "--scale": scale, "--mean": mean, "--std": std}
+    repository = {"--name": name, "--max-batch-size": max_batch_size, "--instances": instances, "--device": device}
+    for option, value in (converting if to == "triton" else repository).items():
+        if value is not None:
+            raise UsageError(f"{option} does not apply to --to {to}")
+    if to == "triton":
+        from .serving.triton import export_command as export_triton
+
+        batch = 64 if max_batch_size is None else max_batch_size
+        export_triton(model, output, name, batch, instances or 1, device or "cpu", as_json)
+        return
     from .export import export_command
 
     export_command(

@@ -65,6 +65,11 @@ EXAMPLES: dict[str, list[str]] = {
         "cnnspec train specs/seed.yaml --data images/ -o seed.onnx --checkpoint-dir ckpt --resume --json",
     ],
     "doctor": ["cnnspec doctor", "cnnspec doctor --device cuda --json"],
+    "export": [
+        "cnnspec export digits.onnx --to int8 --calibration train.npz --eval test.npz -o digits-int8.onnx",
+        "cnnspec export digits.onnx --to triton -o model_repository --max-batch-size 64",
+    ],
+    "serve": ["cnnspec serve digits.onnx", "cnnspec serve digits.onnx seed.onnx --port 8080 --device cuda"],
     "import": [
         "cnnspec import model.keras -o spec.yaml",
         "cnnspec import model.keras -o spec.yaml --onnx model.onnx --labels labels.txt",

@@ -101,6 +101,19 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.export.half",
         },
     ),
+    # serving and scale-out inference (issue 14): the optional web stack, Triton repositories, Ray
+    (
+        "serving",
+        {
+            "cnnspec.serving",
+            "cnnspec.serving.protocol",
+            "cnnspec.serving.page",
+            "cnnspec.serving.models",
+            "cnnspec.serving.server",
+            "cnnspec.serving.cli_serve",
+            "cnnspec.serving.triton",
+        },
+    ),
     ("cli", {"cnnspec.cli", "cnnspec.cli_help", "cnnspec.__main__"}),
 ]
 FLOOR = {module: (level, name) for level, (name, modules) in enumerate(FLOORS) for module in modules}
@@ -288,6 +301,7 @@ def test_onnxruntime_is_imported_only_where_models_run():
     # onnxruntime's own quantization and float16 tools, used by `export` (they run the model to calibrate)
     allowed |= {"export/source.py", "export/quantize.py", "export/half.py"}
     allowed.add("cudagraph.py")  # IOBinding buffers and run options for CUDA graphs
+    allowed.add("serving/models.py")  # one shared session per served model
     assert modules_importing("onnxruntime") <= allowed
 
 

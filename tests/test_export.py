@@ -215,7 +215,9 @@ def test_usage_errors(trained, digits, tmp_path, capsys):
         (["--to", "int8"], "needs --calibration"),
         (["--to", "fp16", "--samples", "3"], "--samples does not apply to --to fp16"),
         (["--to", "fp16", "--max-drop", "2"], "--max-drop needs labelled data"),
-        (["--to", "int4"], "not an export target"),
+        (["--to", "int4"], "'int4' is not one of 'int8', 'fp16', 'triton'"),
+        (["--to", "fp16", "--max-batch-size", "8"], "--max-batch-size does not apply to --to fp16"),
+        (["--to", "triton", "--calibration", str(digits / "train.npz")], "--calibration does not apply to --to triton"),
     ]
     for args, message in cases:
         code, _, err = cli(capsys, "export", trained["digits"], *args, "-o", out)
