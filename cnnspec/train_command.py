@@ -14,10 +14,10 @@ from .analysis import check
 from .compiler import build_inference_model, model_bytes
 from .data import load_dataset
 from .errors import CnnspecError, UsageError
-from .files import atomic_write, check_output_path
+from .files import atomic_write, check_writable
 from .sessions import resolve_device
 from .spec import Spec, load_spec
-from .training.loop import Data, Result, Settings, split
+from .training.loop import Data, Result, Settings, TrainingInterrupted, split
 from .training.program import build_train_step
 from .training.trainer import resolve_settings, train_model, write_metrics
 
@@ -56,9 +56,10 @@ def train_command(
         raise UsageError("give --val PATH or --val-split F, not both")
     if backend == "ort-training" and device != "cpu":
         raise UsageError("--backend ort-training runs on the CPU only; use --backend native for --device cuda")
-    for path in (output, metrics_json, export_train_step):
-        if path is not None:
-            check_output_path(path, not_same_as=[spec_path, data])
+    # Every output is checked before the data are read and the first step runs: a run that cannot be written
+    # at its end is refused at its start.
+    outputs = {"-o": output, "--metrics-json": metrics_json, "--export-train-step": export_train_step}
+    check_writable(outputs, {"--checkpoint-dir": checkpoint_dir}, not_same_as=[spec_path, data])
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
@@ -67,6 +68,37 @@ def train_command(
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
     train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
+    try:
+        result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads)
+    except TrainingInterrupted as stop:
+        _keep_interrupted(stop, spec, report, output, settings.epochs)
+        raise
+    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
+    if metrics_json is not None:
+        write_metrics(metrics_json, result.history)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    return result
+
+
+def interrupted_path(output: Path, epochs_done: int) -> Path:
+    """Where Ctrl-C without --checkpoint-dir keeps the last completed epoch: beside -o, never -o itself
+    (that name promises the whole run)."""
+    return output.with_name(f"{output.stem}.epoch{epochs_done}{output.suffix or '.onnx'}")
+
+
+def _keep_interrupted(stop: TrainingInterrupted, spec: Spec, report, output: Path, epochs: int) -> None:
+    if stop.params is None:
+        return
+    path = interrupted_path(output, stop.epochs_done)
+    atomic_write(path, model_bytes(build_inference_model(spec, report, stop.params)))
+    print(
+        f"interrupted: wrote {path}, the model after epoch {stop.epochs_done} of {epochs} ('{output}' was not "
+        "written); add --checkpoint-dir DIR to be able to --resume a run",
+        file=sys.stderr,
+    )
+
+
+def _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads) -> Result:
     if backend == "ort-training":
         result = _ort_backend().train_model(
             spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
@@ -84,10 +116,6 @@ def train_command(
             threads=threads,
             progress=True,
         )
-    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
-    if metrics_json is not None:
-        write_metrics(metrics_json, result.history)
-    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
     return result
 
 
