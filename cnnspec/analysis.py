@@ -85,9 +85,21 @@ class Report:
         return self.layers[-1].output_shape if self.layers else self.spec.input_shape
 
     @property
+    def binary(self) -> bool:
+        """Keras's binary head: one unit with a sigmoid (probability of the second class), trained with binary
+        cross-entropy; it still classifies into 2 classes (labels from the two folders)."""
+        last = self.layers[-1].layer if self.layers else None
+        return self.output_shape == (1,) and getattr(last, "activation", None) == "sigmoid"
+
+    @property
+    def classes(self) -> int:
+        """How many classes the network tells apart: its output size, or 2 for a binary head."""
+        return 2 if self.binary else self.output_shape[0]
+
+    @property
     def labels(self) -> list[str]:
         """The class names: the spec's, or "0", "1", ... ."""
-        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.output_shape[0])]
+        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.classes)]
 
     @property
     def param_shapes(self) -> dict[str, Shape]:
@@ -243,7 +255,26 @@ def _check_output(spec: Spec, report: Report) -> None:
                 None,
             )
         )
-    elif spec.labels is not None and len(spec.labels) != out[0]:
+    elif out[0] == 1 and not report.binary:
+        report.issues.append(
+            Issue(
+                f"{last_node.origin.label}: one output unit is a binary classifier only with activation: sigmoid "
+                "(Keras's Dense(1, activation='sigmoid') with binary cross-entropy). Hint: set activation: sigmoid "
+                "on the last layer, or use units: 2 with activation: softmax",
+                last.index,
+                "activation",
+            )
+        )
+    elif report.binary and spec.labels is not None and len(spec.labels) != 2:
+        report.issues.append(
+            Issue(
+                f"labels has {len(spec.labels)} names but a binary head (one sigmoid unit) tells 2 classes apart. "
+                "Hint: list two labels, [negative, positive]: the unit gives the probability of the second",
+                None,
+                "labels",
+            )
+        )
+    elif spec.labels is not None and len(spec.labels) != out[0] and not report.binary:
         report.issues.append(
             Issue(
                 f"labels has {len(spec.labels)} names but the last layer '{last.name}' outputs {out[0]} "

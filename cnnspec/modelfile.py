@@ -82,6 +82,8 @@ class ModelInfo:
     classes: int | None  # None when the exporter left the class count symbolic
     metadata: dict[str, str]
     ends_in_softmax: bool
+    output_op: str = ""
+    """The operator that makes the output ("Sigmoid" for a binary head's probability)."""
 
 
 def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
@@ -203,6 +205,7 @@ def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
         classes=classes,
         metadata={p.key: p.value for p in model.metadata_props},
         ends_in_softmax=producer.get(graph.output[0].name) == "Softmax",
+        output_op=producer.get(graph.output[0].name, ""),
     )
 
 

@@ -78,7 +78,10 @@ class Classifier:
         self._probe = None
         if sandbox:
             self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
-        self.classes = self.info.classes or self._probe_classes()
+        outputs = self.info.classes or self._probe_classes()
+        self.binary = outputs == 1
+        """One output unit: Keras's binary head, P(second class); scores() gives both classes' probabilities."""
+        self.classes = 2 if self.binary else outputs
         self.labels = self._labels(labels)
 
     def __del__(self) -> None:  # reap the probe's child if no prediction ever asked for the session
@@ -144,11 +147,19 @@ class Classifier:
         return binding.copy_outputs_to_cpu()[0]
 
     def scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities [N, classes] for raw pixels [N, C, H, W]; logits get a softmax (documented)."""
+        """Class probabilities [N, classes] for raw pixels [N, C, H, W] (float32, in the model's input layout).
+
+        The model's output is taken as probabilities when it ends in Softmax and as logits otherwise (they get
+        a softmax). A binary head (one output unit) gives p = P(second class), through a sigmoid unless the
+        model ends in Sigmoid; its scores are the two columns [1 - p, p].
+        """
         if x.ndim != 4 or tuple(x.shape[1:]) != self.chw:
             raise UsageError(f"input must be [N, {', '.join(map(str, self.chw))}]; got {list(x.shape)}")
         outs = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        out = np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
+        out = np.concatenate(outs) if outs else np.zeros((0, 1 if self.binary else self.classes), np.float32)
+        if self.binary:
+            p = out if self.info.output_op == "Sigmoid" else 1 / (1 + np.exp(-out.astype(np.float64)))
+            return np.concatenate([1 - p, p], axis=1).astype(np.float32)
         return out if self.info.ends_in_softmax else softmax(out)
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch") -> list[Result]:

@@ -67,7 +67,7 @@ def train_command(
     if export_train_step is not None:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
-    train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
+    train, held = load_data(spec, report.classes, data, val, settings, skip_bad_images)
     try:
         result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads)
     except TrainingInterrupted as stop:
