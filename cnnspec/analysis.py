@@ -202,7 +202,32 @@ def analyze(spec: Spec) -> Report:
             )
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
+    _check_keras_habits(spec, report)
     return report
+
+
+def _check_keras_habits(spec: Spec, report: Report) -> None:
+    """Warnings and errors for what someone coming from PyTorch or Keras writes by habit."""
+    h, w, c = spec.input_shape
+    if h <= 4 and w > 4 and c > 4:  # [1, 28, 28] or [3, 32, 32]: PyTorch's (C, H, W)
+        report.warnings.append(
+            Issue(
+                f"input shape [{h}, {w}, {c}] looks channels-first (C, H, W); cnnspec takes [height, width, "
+                f"channels] like Keras. Hint: shape: [{w}, {c}, {h}]",
+                None,
+                "input.shape",
+            )
+        )
+    training = spec.training
+    if training is not None and training.loss == "binary_crossentropy" and report.layers and not report.binary:
+        report.issues.append(
+            Issue(
+                "training.loss binary_crossentropy needs a binary head: a last layer Dense(units: 1, activation: "
+                "sigmoid). Hint: with one softmax unit per class, use categorical_crossentropy",
+                None,
+                "training.loss",
+            )
+        )
 
 
 def _first_copy(label: str, seen: set[str]) -> bool:

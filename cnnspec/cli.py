@@ -40,8 +40,10 @@ def _console(stderr: bool = False):
 
 
 def _print_issues(issues, prefix: str = "error") -> None:
-    for issue in issues:
-        print(f"{prefix}: {issue.message}", file=sys.stderr)
+    from .errors import collapse
+
+    for line in collapse(list(issues)):  # the same fault in many layers: one line
+        print(f"{prefix}: {line}", file=sys.stderr)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, default_sigint
+from conftest import default_sigint
 from onnx import numpy_helper
 
 from cnnspec.errors import CnnspecError, UsageError
@@ -149,6 +149,7 @@ def test_a_finished_run_is_extended_by_resume_with_more_epochs(work: Path):
     longer = cnnspec(*base, "-o", "four.onnx", "--resume", "--epochs", "4", cwd=work)
     assert longer.returncode == 0 and "epoch 3/4" in longer.stderr and "epoch 1/" not in longer.stderr
     straight = cnnspec("train", "spec.yaml", "--data", "data.npz", "-o", "s4.onnx", "--epochs", "4", cwd=work)
+    assert straight.returncode == 0, straight.stderr
     a, b = weights(work / "four.onnx"), weights(work / "s4.onnx")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

@@ -16,13 +16,12 @@ import numpy as np
 import onnx
 import onnx.helper
 import pytest
+from conftest import SPECS_DIR
 from PIL import Image
 
 from cnnspec import protos
 from cnnspec.compiler import compile_spec, model_bytes
 from cnnspec.spec import load_spec
-
-from conftest import SPECS_DIR
 
 # Loaded by a command, each of these is tens to hundreds of ms: onnx's package (its helper loads ml_dtypes),
 # ml_dtypes itself, and the spec side (pydantic models of every layer) that `run` never needs.
