@@ -237,6 +237,9 @@ _SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile
 _BACKEND = typer.Option(help="native (cnnspec's own train-step graph) or ort-training (optional extra).")
 _RESUME = typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.")
 _SKIP_BAD = typer.Option("--skip-bad-images", help="Leave out unreadable images.")
+_PATIENCE = typer.Option(
+    min=1, max=100_000, help="Overrides training.patience: stop after N epochs without a better validation loss."
+)
 _TRAIN_THREADS = typer.Option(
     "--threads",
     min=1,
@@ -264,6 +267,7 @@ def train(
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
+    patience: Annotated[Optional[int], _PATIENCE] = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
@@ -276,7 +280,7 @@ def train(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split,
+        val_split=val_split, patience=patience,
     )  # fmt: skip
 
 

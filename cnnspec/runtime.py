@@ -147,14 +147,13 @@ class Classifier:
         return binding.copy_outputs_to_cpu()[0]
 
     def scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities [N, classes] for raw pixels [N, C, H, W] (float32, in the model's input layout).
+        """Class probabilities [N, classes] for raw pixels: [N, C, H, W], or any layout `as_nchw` reads.
 
         The model's output is taken as probabilities when it ends in Softmax and as logits otherwise (they get
         a softmax). A binary head (one output unit) gives p = P(second class), through a sigmoid unless the
         model ends in Sigmoid; its scores are the two columns [1 - p, p].
         """
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.chw:
-            raise UsageError(f"input must be [N, {', '.join(map(str, self.chw))}]; got {list(x.shape)}")
+        x = as_nchw(np.asarray(x), self.chw)
         outs = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         out = np.concatenate(outs) if outs else np.zeros((0, 1 if self.binary else self.classes), np.float32)
         if self.binary:
@@ -163,14 +162,16 @@ class Classifier:
         return out if self.info.ends_in_softmax else softmax(out)
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch") -> list[Result]:
-        """Top-k predictions for image paths, PIL images or raw-pixel arrays ([C,H,W] or [N,C,H,W]).
+        """Top-k predictions for image files, folders (searched recursively) and globs, as `cnnspec run` takes
+        them, PIL images, or raw-pixel arrays in either layout (see `as_nchw` for the rule: [N, C, H, W],
+        [N, H, W, C], one image [C, H, W] / [H, W, C], or [H, W] grey); a single item or a list of them.
 
-        Bad files get a Result with `error` set; the rest are still classified. `top_k` above the class count
-        gives every class.
+        Bad files get a Result with `error` set; the rest are still classified. An array that fits no layout
+        raises UsageError at once. `top_k` above the class count gives every class.
         """
         if top_k < 1:
             raise UsageError(f"top_k must be >= 1; got {top_k}")
-        items = _as_items(inputs)
+        items = _as_items(inputs, self.chw)
         size = max(batch_size, 1) * 4  # decode a few batches at a time, never the whole folder at once
         chunks = [items[start : start + size] for start in range(0, len(items), size)]
         results: list[Result] = []
@@ -222,12 +223,49 @@ def _parse_labels(raw: str) -> list[str] | None:
     return labels
 
 
-def _as_items(inputs: Any) -> list[Any]:
+def _as_items(inputs: Any, chw: tuple[int, int, int]) -> list[Any]:
+    """Predict's inputs as a list of paths, PIL images and CHW arrays; folders and globs expanded as `run` does."""
     if isinstance(inputs, np.ndarray):
-        return list(inputs[None] if inputs.ndim == 3 else inputs)
+        return list(as_nchw(inputs, chw))
     if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "getpixel"):
-        return [inputs]
-    return list(inputs)
+        inputs = [inputs]
+    items: list[Any] = []
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            from .images import expand_inputs
+
+            items.extend(expand_inputs([os.fsdecode(item)]))
+        elif isinstance(item, np.ndarray):
+            items.extend(as_nchw(item, chw))
+        else:
+            items.append(item)
+    return items
+
+
+def as_nchw(x: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    """Raw pixels in any layout the rule below reads, as [N, C, H, W]; UsageError for anything else.
+
+    The rule, for a model taking C channels of H x W:
+      [N, C, H, W] and [C, H, W] are used as they are (channels first, what the model takes);
+      [N, H, W, C] and [H, W, C] (channels last: PIL, Keras, OpenCV) are transposed;
+      [H, W] is one grey image, and [N, H, W] a batch of them, for a model with one channel.
+    When both readings fit (C == H == W), channels first wins.
+    """
+    c, h, w = chw
+    shape = tuple(x.shape)
+    if x.dtype.kind not in "biuf":
+        raise UsageError(f"pixels must be numbers; got an array of {x.dtype}")
+    if shape[-3:] == (c, h, w) and x.ndim in (3, 4):
+        return x.reshape(-1, c, h, w)
+    if shape[-3:] == (h, w, c) and x.ndim in (3, 4):
+        return np.moveaxis(x.reshape(-1, h, w, c), 3, 1)
+    if c == 1 and shape[-2:] == (h, w) and x.ndim in (2, 3):
+        return x.reshape(-1, 1, h, w)
+    raise UsageError(
+        f"an array of shape {list(shape)} is not an image for this model, which takes {c} channel(s) of {h}x{w}: "
+        f"give [N, {c}, {h}, {w}] or [{c}, {h}, {w}] (channels first), [N, {h}, {w}, {c}] or [{h}, {w}, {c}] "
+        f"(channels last)" + (f", or [{h}, {w}] (grey)" if c == 1 else "")
+    )
 
 
 def _to_arrays(items: list[Any], chw: tuple[int, int, int], resize: str) -> list[tuple[str, Any]]:

@@ -80,6 +80,20 @@ def train_command(
     return result
 
 
+def train(spec: str | Path, data: str | Path, output: str | Path, **options: Any) -> Result:
+    """`cnnspec train SPEC --data DATA -o OUTPUT` from Python, with the command's options as keywords:
+    epochs, batch_size, learning_rate, seed, val_split, patience (each overriding the spec's training section),
+    val, device, backend, checkpoint_dir, resume, metrics_json, export_train_step, skip_bad_images, threads.
+    Returns the result (final weights and per-epoch history) after writing OUTPUT.
+
+    >>> cnnspec.train("specs/digits.yaml", "digits/", "digits.onnx", epochs=5)   # doctest: +SKIP
+    """
+    for key in ("val", "checkpoint_dir", "metrics_json", "export_train_step"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    return train_command(Path(spec), Path(data), Path(output), **options)
+
+
 def interrupted_path(output: Path, epochs_done: int) -> Path:
     """Where Ctrl-C without --checkpoint-dir keeps the last completed epoch: beside -o, never -o itself
     (that name promises the whole run)."""
