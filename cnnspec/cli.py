@@ -181,6 +181,7 @@ def run(
     batch_size: BatchOpt = 64,
     threads: ThreadsOpt = None,
     resize: ResizeOpt = "stretch",
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per image, as each is done.")] = False,
     labels: LabelsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
@@ -191,6 +192,10 @@ def run(
     from .run_report import render_results, results_json
 
     clf = _classifier(model, device, threads, labels, scale, mean, std)
+    if jsonl:
+        from .run_report import stream_jsonl
+
+        raise typer.Exit(stream_jsonl(clf.iter_predict(expand_inputs(inputs), top_k, batch_size, resize)))
     results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
     if as_json:
         print(results_json(results))

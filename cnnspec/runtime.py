@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,12 +169,17 @@ class Classifier:
         Bad files get a Result with `error` set; the rest are still classified. An array that fits no layout
         raises UsageError at once. `top_k` above the class count gives every class.
         """
+        return list(self.iter_predict(inputs, top_k, batch_size, resize))
+
+    def iter_predict(
+        self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch"
+    ) -> Iterator[Result]:
+        """`predict`, one Result at a time as each batch is classified (`run --jsonl` streams these)."""
         if top_k < 1:
             raise UsageError(f"top_k must be >= 1; got {top_k}")
         items = _as_items(inputs, self.chw)
         size = max(batch_size, 1) * 4  # decode a few batches at a time, never the whole folder at once
         chunks = [items[start : start + size] for start in range(0, len(items), size)]
-        results: list[Result] = []
         # A pipeline: the next chunk decodes (Pillow releases the GIL) while onnxruntime classifies this one.
         with ThreadPoolExecutor(max_workers=1) as ahead:
             pending = ahead.submit(_to_arrays, chunks[0], self.chw, resize) if chunks else None
@@ -182,8 +187,7 @@ class Classifier:
                 arrays = pending.result()
                 if i + 1 < len(chunks):
                     pending = ahead.submit(_to_arrays, chunks[i + 1], self.chw, resize)
-                results.extend(self._classify(arrays, top_k, batch_size))
-        return results
+                yield from self._classify(arrays, top_k, batch_size)
 
     def _classify(self, arrays: list[tuple[str, Any]], top_k: int, batch_size: int) -> list[Result]:
         results = [Result(path=name) for name, _ in arrays]

@@ -163,3 +163,33 @@ def test_a_refused_resume_names_the_setting_that_differs(work: Path):
     (work / "spec.yaml").write_text(SPEC.replace("filters: 4", "filters: 5"))
     r = cnnspec(*base, "--resume", cwd=work)
     assert r.returncode == 1 and "the spec (layers" in r.stderr
+
+
+# ---- progress: a bar with ETA on a terminal, one line per epoch when piped --------------------------------------
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_when_piped(work: Path):
+    import pty
+    import select
+
+    args = [sys.executable, "-m", "cnnspec", "train", "spec.yaml", "--data", "data.npz", "--epochs", "3"]
+    piped = cnnspec(*args[3:], "-o", "p.onnx", cwd=work)
+    lines = [line.split("  ")[0] for line in piped.stderr.splitlines()]
+    assert lines[:3] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"] and len(lines) == 4 and lines[3].startswith("wrote")
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    proc = subprocess.Popen([*args, "-o", "t.onnx"], cwd=work, stdin=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while select.select([master], [], [], 120)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    text = seen.decode("utf-8", "replace")
+    assert "━" in text and "/6" in text and "-:--:--" in text  # rich's bar, batches done of 6, time remaining

@@ -109,3 +109,34 @@ def test_patience_on_the_command_line_reaches_the_settings(tmp_path: Path, monke
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--epochs", "1", "--patience", "3"])
     assert exit_.value.code == 0 and seen == [3]
+
+
+def test_iter_predict_yields_before_the_rest_is_decoded(rgb, monkeypatch):
+    from cnnspec import runtime
+
+    work, clf = rgb
+    decoded = []
+    real = runtime._to_arrays
+
+    def counting(items, chw, resize):
+        decoded.append(len(items))
+        return real(items, chw, resize)
+
+    monkeypatch.setattr(runtime, "_to_arrays", counting)
+    files = sorted(str(p) for p in (work / "imgs").rglob("*.png")) * 4  # 12 images, chunks of 4 at batch size 1
+    stream = clf.iter_predict(files, batch_size=1)
+    first = next(stream)
+    assert first.error is None and len(decoded) <= 2  # this chunk and the one decoding ahead, not all three
+    assert len([first, *stream]) == 12 and decoded == [4, 4, 4]
+
+
+def test_run_jsonl_prints_one_object_per_image(rgb):
+    import json
+
+    work, _ = rgb
+    args = ["run", work / "m.onnx", work / "imgs", work / "missing.png"]
+    code, out, err = run_cli(*args, "--jsonl")
+    assert code == 1 and "1 of 4 image(s) could not be classified" in err
+    lines = [json.loads(line) for line in out.splitlines()]
+    code, whole, _ = run_cli(*args, "--json")
+    assert lines == json.loads(whole) and len(lines) == 4
