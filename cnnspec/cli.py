@@ -159,13 +159,19 @@ StdOpt = Annotated[Optional[str], typer.Option("--std", help="Foreign models: pe
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def _classifier(model, device, threads, labels, scale, mean, std):
+LayoutOpt = Annotated[
+    Literal["auto", "nchw", "nhwc"],
+    typer.Option("--layout", help="Foreign models: input layout; auto reads [N,H,W,C] with C of 1/3/4 as NHWC."),
+]
+
+
+def _classifier(model, device, threads, labels, scale, mean, std, layout="auto"):
     from .foreign import preprocess_from_options, read_labels_file
     from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None
-    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess)
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess, layout=layout)
     for warning in clf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return clf
@@ -182,6 +188,7 @@ def run(
     threads: ThreadsOpt = None,
     resize: ResizeOpt = "stretch",
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per image, as each is done.")] = False,
+    layout: LayoutOpt = "auto",
     labels: LabelsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
@@ -191,7 +198,7 @@ def run(
     from .images import expand_inputs
     from .run_report import render_results, results_json
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout)
     if jsonl:
         from .run_report import stream_jsonl
 
@@ -220,13 +227,14 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
+    layout: LayoutOpt = "auto",
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None

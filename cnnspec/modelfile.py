@@ -84,9 +84,16 @@ class ModelInfo:
     ends_in_softmax: bool
     output_op: str = ""
     """The operator that makes the output ("Sigmoid" for a binary head's probability)."""
+    layout: str = "nchw"
+    """The input's layout: "nchw", or "nhwc" for channels-last models (Keras, tf2onnx); `chw` is (C, H, W)."""
+
+    def input_batch(self, n: int) -> tuple[int, int, int, int]:
+        """The model's own input shape for a batch of n."""
+        c, h, w = self.chw
+        return (n, h, w, c) if self.layout == "nhwc" else (n, c, h, w)
 
 
-def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
+def check_runnable(model: onnx.ModelProto, source: str, layout: str = "auto") -> ModelInfo:
     """Refuse anything outside what cnnspec can vouch for (RELIABILITY rows 31-35), before onnxruntime."""
     graph = model.graph
     if model.functions:
@@ -99,7 +106,7 @@ def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
         check_tensor(tensor, source)
     for node in graph.node:
         check_node(node, source)
-    return _model_info(model, source)
+    return _model_info(model, source, layout)
 
 
 def check_node(node: onnx.NodeProto, source: str) -> None:
@@ -183,14 +190,23 @@ def check_tensor(t: onnx.TensorProto, source: str) -> None:
         raise ModelError(f"{where}: initializer size mismatch (dims {list(t.dims)} need {want}, found {have})")
 
 
-def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
+def guess_layout(dims: list) -> str:
+    """'nhwc' when a 4-d input reads as [N, H, W, C] (C of 1, 3 or 4 last, a larger dimension second)."""
+    channels_last = dims[3] in (1, 3, 4) and isinstance(dims[1], int) and dims[1] > 4
+    return "nhwc" if channels_last else "nchw"
+
+
+def _model_info(model: onnx.ModelProto, source: str, layout: str = "auto") -> ModelInfo:
     graph = model.graph
     constants = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in constants]
     dims = _dims(inputs[0]) if len(inputs) == 1 else None
     if dims is None or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
         raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
-    c, h, w = dims[1:]
+    if layout == "auto":  # cnnspec's own models are NCHW whatever their sizes; others are guessed
+        own = any(p.key == "cnnspec.spec" for p in model.metadata_props)
+        layout = "nchw" if own else guess_layout(dims)
+    c, h, w = (dims[3], dims[1], dims[2]) if layout == "nhwc" else dims[1:]
     if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
         raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
     out_dims = _dims(graph.output[0]) if graph.output else None
@@ -206,6 +222,7 @@ def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
         metadata={p.key: p.value for p in model.metadata_props},
         ends_in_softmax=producer.get(graph.output[0].name) == "Softmax",
         output_op=producer.get(graph.output[0].name, ""),
+        layout=layout,
     )
 
 

@@ -61,10 +61,13 @@ class Classifier:
         labels: Sequence[str] | None = None,
         preprocess: Preprocess | None = None,
         sandbox: bool = True,
+        layout: str = "auto",
     ) -> None:
         self.path = str(model_path)
         data = read_model_bytes(model_path)
-        self.info: ModelInfo = check_runnable(parse_model(data, self.path), self.path)
+        if layout not in ("auto", "nchw", "nhwc"):
+            raise UsageError(f"layout must be auto, nchw or nhwc; got {layout!r}")
+        self.info: ModelInfo = check_runnable(parse_model(data, self.path), self.path, layout)
         self.is_cnnspec = "cnnspec.spec" in self.info.metadata
         if preprocess is not None and self.is_cnnspec:
             raise UsageError(
@@ -73,6 +76,12 @@ class Classifier:
             )
         self.preprocess = preprocess
         self.warnings: list[str] = []
+        if self.info.layout == "nhwc" and layout == "auto":
+            c, h, w = self.info.chw
+            self.warnings.append(
+                f"the model takes channels-last input [N, {h}, {w}, {c}] (NHWC, as Keras and tf2onnx export); "
+                "images are fed that way (--layout nchw to override)"
+            )
         self.device = resolve_device(device)
         self._data, self._threads, self._session = data, threads, None
         self._probe = None
@@ -131,6 +140,8 @@ class Classifier:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.preprocess is not None:
             x = self.preprocess.apply(x)
+        if self.info.layout == "nhwc":  # cnnspec works in NCHW; a channels-last model gets its own layout
+            x = x.transpose(0, 2, 3, 1)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.device == "cuda":
             return self._run_cuda(x)

@@ -127,7 +127,7 @@ def _child(data: bytes, info: ModelInfo, write_fd: int) -> None:
         import numpy as np
 
         session = make_session(data, "cpu", threads=1)
-        session.run([info.output_name], {info.input_name: np.zeros((1, *info.chw), np.float32)})
+        session.run([info.output_name], {info.input_name: np.zeros(info.input_batch(1), np.float32)})
     except MemoryError:
         os.write(write_fd, b"loading the model needs more memory than the limit; refused")
         code = 3
