@@ -39,6 +39,24 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _max_pixels(value: Optional[int]) -> None:
+    if value is not None:
+        from .images import set_max_pixels
+
+        set_max_pixels(value)
+
+
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-pixels", min=1, help="Raise the 64 MP decompression-bomb cap for images you trust."),
+]
+
+
 def _print_issues(issues, prefix: str = "error") -> None:
     from .errors import collapse
 
@@ -189,6 +207,7 @@ def run(
     resize: ResizeOpt = "stretch",
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per image, as each is done.")] = False,
     layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
     labels: LabelsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
@@ -198,6 +217,7 @@ def run(
     from .images import expand_inputs
     from .run_report import render_results, results_json
 
+    _max_pixels(max_pixels)
     clf = _classifier(model, device, threads, labels, scale, mean, std, layout)
     if jsonl:
         from .run_report import stream_jsonl
@@ -228,17 +248,20 @@ def evaluate(
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
     layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
 
+    _max_pixels(max_pixels)
     clf = _classifier(model, device, threads, labels, scale, mean, std, layout)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None
     dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
+    _print_warnings(dataset.warnings)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
@@ -281,6 +304,7 @@ def train(
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
     patience: Annotated[Optional[int], _PATIENCE] = None,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
@@ -289,6 +313,7 @@ def train(
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
+    _max_pixels(max_pixels)
     train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,

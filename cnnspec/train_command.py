@@ -26,13 +26,20 @@ def load_data(
     spec: Spec, classes: int, path: Path, val: Path | None, settings: Settings, skip_bad_images: bool = False
 ) -> tuple[Data, Data | None]:
     full = load_dataset(path, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+    _warn(full.warnings)
     train = Data(full.x, full.y)
     if val is not None:
         held = load_dataset(val, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+        _warn(held.warnings)
         return train, Data(held.x, held.y)
     if settings.val_split is not None:
         return split(train, settings.val_split, settings.seed)
     return train, None
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def train_command(
