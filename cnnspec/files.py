@@ -13,8 +13,8 @@ import errno
 import glob
 import os
 import re
+import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -145,6 +145,11 @@ def _remove_stale_temps(path: Path) -> None:
                 temp.unlink()
 
 
+def _temp_name(path: Path) -> Path:
+    """A fresh temp file name next to `path`: '.<name>.<pid>.<random>.cnnspec-tmp' (see stale_temps)."""
+    return path.parent / f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write every byte (os.write may write fewer) and fsync, so the data is on disk before the rename."""
     view = memoryview(data)
@@ -157,17 +162,21 @@ def _write_all(fd: int, data: bytes) -> None:
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
-    mkstemp in the destination folder, write, fsync, chmod, rename over the destination, then fsync
+    Create a temp file in the destination folder (O_EXCL), write, fsync, chmod, rename over the destination, then fsync
     the folder so the rename itself survives a power cut. An OSError (disk full, I/O error) becomes a
     CnnspecError; the temp file is removed and the previous file is left as it was.
     """
     path = Path(path)
     if path.exists() and not path.is_file():  # never rename over /dev/null or a FIFO
         raise UsageError(f"output '{path}' exists and is not a regular file (a device, FIFO or socket)")
-    temp: str | None = None
+    temp: Path | None = None
     try:
         _remove_stale_temps(path)
-        fd, temp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        # The name is chosen (and remembered) before the file exists, so an interrupt (Ctrl-C) landing just
+        # after the file is created still finds it for cleanup; with mkstemp, the name was only known once
+        # the call had returned and its tuple been unpacked, and a KeyboardInterrupt in between left the file.
+        temp = _temp_name(path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         try:
             _write_all(fd, data)
         finally:

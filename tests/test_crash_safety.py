@@ -230,16 +230,43 @@ def test_disk_full_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert out.read_bytes() == b"previous model" and sorted(tmp_path.iterdir()) == [out, spec]
 
 
-def test_temp_file_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tempfile
+def _patch_temp_open(monkeypatch: pytest.MonkeyPatch, after_open) -> None:
+    """Make creating atomic_write's temp file call `after_open(fd)` (other os.open calls are untouched)."""
+    real_open = os.open
 
-    def no_inodes(*args, **kwargs):
+    def patched(file, flags, *args, **kwargs):
+        if not str(file).endswith(TEMP_SUFFIX):
+            return real_open(file, flags, *args, **kwargs)
+        return after_open(lambda: real_open(file, flags, *args, **kwargs))
+
+    monkeypatch.setattr(os, "open", patched)
+
+
+def test_temp_file_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_inodes(open_temp):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(tempfile, "mkstemp", no_inodes)
+    _patch_temp_open(monkeypatch, no_inodes)
     with pytest.raises(CnnspecError, match="could not write .*: No space left on device"):
         atomic_write(tmp_path / "m.onnx", b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_right_after_the_temp_file_is_created_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The narrowest window: the temp file exists but its descriptor never reached atomic_write (as when a
+    # KeyboardInterrupt lands as the creating call returns). Found by sending SIGINT at random times.
+    def interrupted(open_temp):
+        os.close(open_temp())
+        raise KeyboardInterrupt
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous model")
+    _patch_temp_open(monkeypatch, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(out, b"data")
+    assert list(tmp_path.iterdir()) == [out] and out.read_bytes() == b"previous model"
 
 
 def test_atomic_write_mode_and_content(tmp_path: Path) -> None:
