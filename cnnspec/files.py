@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
