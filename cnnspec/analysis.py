@@ -203,6 +203,17 @@ def analyze(spec: Spec) -> Report:
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
     _check_keras_habits(spec, report)
+    if report.valid and report.output_shape == (1,) and not report.binary:
+        report.warnings.append(
+            Issue(
+                f"{report.graph.nodes[-1].origin.label}: one output unit without a sigmoid is a single class, "
+                "which cannot be trained (a binary classifier is Keras's Dense(1, activation='sigmoid') with "
+                "binary cross-entropy). Hint: set activation: sigmoid on the last layer, or use units: 2 with "
+                "activation: softmax",
+                report.layers[-1].index,
+                "activation",
+            )
+        )
     return report
 
 
@@ -278,16 +289,6 @@ def _check_output(spec: Spec, report: Report) -> None:
                 "or GlobalAveragePooling2D, then Dense(units=<classes>)",
                 last.index,
                 None,
-            )
-        )
-    elif out[0] == 1 and not report.binary:
-        report.issues.append(
-            Issue(
-                f"{last_node.origin.label}: one output unit is a binary classifier only with activation: sigmoid "
-                "(Keras's Dense(1, activation='sigmoid') with binary cross-entropy). Hint: set activation: sigmoid "
-                "on the last layer, or use units: 2 with activation: softmax",
-                last.index,
-                "activation",
             )
         )
     elif report.binary and spec.labels is not None and len(spec.labels) != 2:

@@ -88,8 +88,8 @@ class Classifier:
         if sandbox:
             self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
         outputs = self.info.classes or self._probe_classes()
-        self.binary = outputs == 1
-        """One output unit: Keras's binary head, P(second class); scores() gives both classes' probabilities."""
+        self.binary = outputs == 1 and self.info.output_op == "Sigmoid"
+        """One sigmoid output: Keras's binary head, P(second class); scores() gives both classes' probabilities."""
         self.classes = 2 if self.binary else outputs
         self.labels = self._labels(labels)
 
@@ -168,8 +168,7 @@ class Classifier:
         outs = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         out = np.concatenate(outs) if outs else np.zeros((0, 1 if self.binary else self.classes), np.float32)
         if self.binary:
-            p = out if self.info.output_op == "Sigmoid" else 1 / (1 + np.exp(-out.astype(np.float64)))
-            return np.concatenate([1 - p, p], axis=1).astype(np.float32)
+            return np.concatenate([1 - out, out], axis=1).astype(np.float32)
         return out if self.info.ends_in_softmax else softmax(out)
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch") -> list[Result]:

@@ -40,11 +40,15 @@ def cnnspec(*args, cwd: Path) -> subprocess.CompletedProcess:
 def test_validate_counts_two_classes_and_refuses_other_single_units():
     report = analyze(spec_from_data(BINARY))
     assert report.valid and report.binary and report.classes == 2
-    no_sigmoid = {**BINARY, "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 1}]}
+    no_sigmoid = {**BINARY, "labels": None, "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 1}]}
     report = analyze(spec_from_data(no_sigmoid))
-    assert not report.valid
-    assert "binary classifier only with activation: sigmoid" in report.issues[0].message
-    assert "units: 2 with activation: softmax" in report.issues[0].message
+    assert report.valid and report.classes == 1  # a one-class network compiles; validate warns with the fix
+    assert "one output unit without a sigmoid is a single class" in report.warnings[0].message
+    assert "set activation: sigmoid on the last layer, or use units: 2" in report.warnings[0].message
+    with_labels = analyze(spec_from_data({**no_sigmoid, "labels": ["cat", "dog"]}))
+    assert not with_labels.valid and "labels has 2 names but the last layer 'dense' outputs 1" in (
+        with_labels.issues[0].message
+    )
     three = {**BINARY, "labels": ["a", "b", "c"]}
     report = analyze(spec_from_data(three))
     assert not report.valid and "binary head (one sigmoid unit) tells 2 classes apart" in report.issues[0].message
