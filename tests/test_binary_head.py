@@ -122,3 +122,10 @@ def test_run_and_evaluate_score_both_classes(trained: Path):
     p = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1 - 1e-7)
     result = json.loads(cnnspec("evaluate", "m.onnx", "--data", "data", "--json", cwd=trained).stdout)
     assert result["loss"] == pytest.approx(float(-np.log(p).mean()), rel=1e-4)
+
+
+def test_the_ort_training_backend_refuses_a_binary_head_with_the_fix():
+    from cnnspec.training.ort_artifacts import unsupported
+
+    (issue,) = unsupported(spec_from_data({**BINARY, "training": {"optimizer": "sgd"}}))
+    assert "binary head" in issue.message and "--backend native" in issue.message
