@@ -85,9 +85,21 @@ class Report:
         return self.layers[-1].output_shape if self.layers else self.spec.input_shape
 
     @property
+    def binary(self) -> bool:
+        """Keras's binary head: one unit with a sigmoid (probability of the second class), trained with binary
+        cross-entropy; it still classifies into 2 classes (labels from the two folders)."""
+        last = self.layers[-1].layer if self.layers else None
+        return self.output_shape == (1,) and getattr(last, "activation", None) == "sigmoid"
+
+    @property
+    def classes(self) -> int:
+        """How many classes the network tells apart: its output size, or 2 for a binary head."""
+        return 2 if self.binary else self.output_shape[0]
+
+    @property
     def labels(self) -> list[str]:
         """The class names: the spec's, or "0", "1", ... ."""
-        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.output_shape[0])]
+        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.classes)]
 
     @property
     def param_shapes(self) -> dict[str, Shape]:
@@ -190,7 +202,43 @@ def analyze(spec: Spec) -> Report:
             )
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
+    _check_keras_habits(spec, report)
+    if report.valid and report.output_shape == (1,) and not report.binary:
+        report.warnings.append(
+            Issue(
+                f"{report.graph.nodes[-1].origin.label}: one output unit without a sigmoid is a single class, "
+                "which cannot be trained (a binary classifier is Keras's Dense(1, activation='sigmoid') with "
+                "binary cross-entropy). Hint: set activation: sigmoid on the last layer, or use units: 2 with "
+                "activation: softmax",
+                report.layers[-1].index,
+                "activation",
+            )
+        )
     return report
+
+
+def _check_keras_habits(spec: Spec, report: Report) -> None:
+    """Warnings and errors for what someone coming from PyTorch or Keras writes by habit."""
+    h, w, c = spec.input_shape
+    if h <= 4 and w > 4 and c > 4:  # [1, 28, 28] or [3, 32, 32]: PyTorch's (C, H, W)
+        report.warnings.append(
+            Issue(
+                f"input shape [{h}, {w}, {c}] looks channels-first (C, H, W); cnnspec takes [height, width, "
+                f"channels] like Keras. Hint: shape: [{w}, {c}, {h}]",
+                None,
+                "input.shape",
+            )
+        )
+    training = spec.training
+    if training is not None and training.loss == "binary_crossentropy" and report.layers and not report.binary:
+        report.issues.append(
+            Issue(
+                "training.loss binary_crossentropy needs a binary head: a last layer Dense(units: 1, activation: "
+                "sigmoid). Hint: with one softmax unit per class, use categorical_crossentropy",
+                None,
+                "training.loss",
+            )
+        )
 
 
 def _first_copy(label: str, seen: set[str]) -> bool:
@@ -243,7 +291,16 @@ def _check_output(spec: Spec, report: Report) -> None:
                 None,
             )
         )
-    elif spec.labels is not None and len(spec.labels) != out[0]:
+    elif report.binary and spec.labels is not None and len(spec.labels) != 2:
+        report.issues.append(
+            Issue(
+                f"labels has {len(spec.labels)} names but a binary head (one sigmoid unit) tells 2 classes apart. "
+                "Hint: list two labels, [negative, positive]: the unit gives the probability of the second",
+                None,
+                "labels",
+            )
+        )
+    elif spec.labels is not None and len(spec.labels) != out[0] and not report.binary:
         report.issues.append(
             Issue(
                 f"labels has {len(spec.labels)} names but the last layer '{last.name}' outputs {out[0]} "

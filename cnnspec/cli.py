@@ -63,9 +63,29 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _max_pixels(value: Optional[int]) -> None:
+    if value is not None:
+        from .images import set_max_pixels
+
+        set_max_pixels(value)
+
+
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-pixels", min=1, help="Raise the 64 MP decompression-bomb cap for images you trust."),
+]
+
+
 def _print_issues(issues, prefix: str = "error") -> None:
-    for issue in issues:
-        print(f"{prefix}: {issue.message}", file=sys.stderr)
+    from .errors import collapse
+
+    for line in collapse(list(issues)):  # the same fault in many layers: one line
+        print(f"{prefix}: {line}", file=sys.stderr)
 
 
 @app.command()
@@ -231,13 +251,19 @@ NoCudaGraphOpt = Annotated[
 ]
 
 
-def _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=True):
+LayoutOpt = Annotated[
+    Literal["auto", "nchw", "nhwc"],
+    typer.Option("--layout", help="Foreign models: input layout; auto reads [N,H,W,C] with C of 1/3/4 as NHWC."),
+]
+
+
+def _classifier(model, device, threads, labels, scale, mean, std, layout="auto", cuda_graph=True):
     from .foreign import preprocess_from_options, read_labels_file
     from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None
-    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess,
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess, layout=layout,
                      cuda_graph=cuda_graph, notify=lambda m: print(f"note: {m}", file=sys.stderr))  # fmt: skip
     for warning in clf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -254,6 +280,9 @@ def run(
     batch_size: BatchOpt = 64,
     threads: ThreadsOpt = None,
     resize: ResizeOpt = "stretch",
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per image, as each is done.")] = False,
+    layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
     labels: LabelsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
@@ -264,7 +293,12 @@ def run(
     from .images import expand_inputs
     from .run_report import render_results, results_json
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
+    _max_pixels(max_pixels)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
+    if jsonl:
+        from .run_report import stream_jsonl
+
+        raise typer.Exit(stream_jsonl(clf.iter_predict(expand_inputs(inputs), top_k, batch_size, resize)))
     results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
     if as_json:
         print(results_json(results))
@@ -290,17 +324,21 @@ def evaluate(
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
     no_cuda_graph: NoCudaGraphOpt = False,
+    layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
+    _max_pixels(max_pixels)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None
     dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
+    _print_warnings(dataset.warnings)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
 
@@ -389,6 +427,9 @@ _SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile
 _BACKEND = typer.Option(help="native (cnnspec's own train-step graph) or ort-training (optional extra).")
 _RESUME = typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.")
 _SKIP_BAD = typer.Option("--skip-bad-images", help="Leave out unreadable images.")
+_PATIENCE = typer.Option(
+    min=1, max=100_000, help="Overrides training.patience: stop after N epochs without a better validation loss."
+)
 _TRAIN_THREADS = typer.Option(
     "--threads",
     min=1,
@@ -416,6 +457,8 @@ def train(
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
+    patience: Annotated[Optional[int], _PATIENCE] = None,
+    max_pixels: MaxPixelsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")] = False,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
@@ -425,11 +468,12 @@ def train(
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
+    _max_pixels(max_pixels)
     result = train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split,
+        val_split=val_split, patience=patience,
     )  # fmt: skip
     if as_json:
         print(json.dumps(result.summary))

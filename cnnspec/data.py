@@ -15,7 +15,7 @@ import math
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class Dataset:
     x: np.ndarray  # float32 [N, C, H, W] raw pixel values
     y: np.ndarray  # int64 [N]
     class_names: list[str]
+    warnings: list[str] = field(default_factory=list)
+    """What the caller should tell the user: images skipped, classes with no samples."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -81,6 +83,13 @@ def _checked(data: Dataset, classes: int | None, source: str) -> Dataset:
             raise DataError(
                 f"'{source}': {len(data.class_names)} classes in the data but the model has {classes} outputs"
             )
+        missing = sorted(set(range(classes)) - set(np.unique(data.y).tolist()))
+        if missing:
+            names = data.class_names if len(data.class_names) == classes else [str(i) for i in range(classes)]
+            shown = ", ".join(names[i] for i in missing[:MAX_LISTED]) + (", ..." if len(missing) > MAX_LISTED else "")
+            data.warnings.append(
+                f"'{source}': {len(missing)} of the model's {classes} classes have no samples here ({shown})"
+            )
     return data
 
 
@@ -117,7 +126,11 @@ def load_folder(
     keep = [i for i, a in enumerate(arrays) if not isinstance(a, Exception)]
     x = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, *chw), np.float32)
     names = list(labels) if labels is not None and set(folders) <= set(labels) else folders
-    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), names)
+    notes = []
+    if bad:
+        first = "\n  ".join(str(e) for e in bad[:MAX_LISTED])
+        notes.append(f"'{root}': skipped {len(bad)} of {len(arrays)} image(s) that cannot be used:\n  {first}")
+    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), names, notes)
 
 
 def _class_index(root: Path, folders: list[str], labels: Sequence[str] | None, classes: int | None) -> dict[str, int]:

@@ -91,7 +91,7 @@ def format_report(report: Report) -> str:
         return "  ".join(parts).rstrip()
 
     rule = "-" * len(line(tuple("-" * w for w in widths)))
-    classes = report.output_shape[0] if len(report.output_shape) == 1 else "?"
+    classes = report.classes if len(report.output_shape) == 1 else "?"
     return "\n".join(
         [f"Model: {spec.name}  (input {_shape(spec.input_shape)}, H x W x C)", rule, line(rows[0]), rule]
         + [line(row) for row in rows[1:]]

@@ -16,10 +16,10 @@ from .command_reports import format_train_summary, train_summary
 from .compiler import build_inference_model, model_bytes
 from .data import load_dataset
 from .errors import CnnspecError, UsageError
-from .files import atomic_write, check_output_path
+from .files import atomic_write, check_writable
 from .sessions import resolve_device
 from .spec import Spec, load_spec
-from .training.loop import Data, Result, Settings, split
+from .training.loop import Data, Result, Settings, TrainingInterrupted, split
 from .training.program import build_train_step
 from .training.trainer import resolve_settings, train_model, write_metrics
 
@@ -28,13 +28,20 @@ def load_data(
     spec: Spec, classes: int, path: Path, val: Path | None, settings: Settings, skip_bad_images: bool = False
 ) -> tuple[Data, Data | None]:
     full = load_dataset(path, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+    _warn(full.warnings)
     train = Data(full.x, full.y)
     if val is not None:
         held = load_dataset(val, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+        _warn(held.warnings)
         return train, Data(held.x, held.y)
     if settings.val_split is not None:
         return split(train, settings.val_split, settings.seed)
     return train, None
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def train_command(
@@ -60,9 +67,10 @@ def train_command(
         raise UsageError("give --val PATH or --val-split F, not both")
     if backend == "ort-training" and device != "cpu":
         raise UsageError("--backend ort-training runs on the CPU only; use --backend native for --device cuda")
-    for path in (output, metrics_json, export_train_step):
-        if path is not None:
-            check_output_path(path, not_same_as=[spec_path, data])
+    # Every output is checked before the data are read and the first step runs: a run that cannot be written
+    # at its end is refused at its start.
+    outputs = {"-o": output, "--metrics-json": metrics_json, "--export-train-step": export_train_step}
+    check_writable(outputs, {"--checkpoint-dir": checkpoint_dir}, not_same_as=[spec_path, data])
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
@@ -70,7 +78,59 @@ def train_command(
     if export_train_step is not None:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
-    train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
+    train, held = load_data(spec, report.classes, data, val, settings, skip_bad_images)
+    try:
+        result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads)
+    except TrainingInterrupted as stop:
+        _keep_interrupted(stop, spec, report, output, settings.epochs)
+        raise
+    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
+    if metrics_json is not None:
+        write_metrics(metrics_json, result.history)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    outputs = {"model": output, "metrics_json": metrics_json, "checkpoint_dir": checkpoint_dir,
+               "train_step": export_train_step}  # fmt: skip
+    result.summary = train_summary(
+        result.history, train_samples=len(train.y), wall_seconds=time.perf_counter() - started, outputs=outputs,
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early, restored_best=settings.patience is not None,
+    )  # fmt: skip
+    print(format_train_summary(result.summary), file=sys.stderr)
+    return result
+
+
+def train(spec: str | Path, data: str | Path, output: str | Path, **options: Any) -> Result:
+    """`cnnspec train SPEC --data DATA -o OUTPUT` from Python, with the command's options as keywords:
+    epochs, batch_size, learning_rate, seed, val_split, patience (each overriding the spec's training section),
+    val, device, backend, checkpoint_dir, resume, metrics_json, export_train_step, skip_bad_images, threads.
+    Returns the result (final weights and per-epoch history) after writing OUTPUT.
+
+    >>> cnnspec.train("specs/digits.yaml", "digits/", "digits.onnx", epochs=5)   # doctest: +SKIP
+    """
+    for key in ("val", "checkpoint_dir", "metrics_json", "export_train_step"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    return train_command(Path(spec), Path(data), Path(output), **options)
+
+
+def interrupted_path(output: Path, epochs_done: int) -> Path:
+    """Where Ctrl-C without --checkpoint-dir keeps the last completed epoch: beside -o, never -o itself
+    (that name promises the whole run)."""
+    return output.with_name(f"{output.stem}.epoch{epochs_done}{output.suffix or '.onnx'}")
+
+
+def _keep_interrupted(stop: TrainingInterrupted, spec: Spec, report, output: Path, epochs: int) -> None:
+    if stop.params is None:
+        return
+    path = interrupted_path(output, stop.epochs_done)
+    atomic_write(path, model_bytes(build_inference_model(spec, report, stop.params)))
+    print(
+        f"interrupted: wrote {path}, the model after epoch {stop.epochs_done} of {epochs} ('{output}' was not "
+        "written); add --checkpoint-dir DIR to be able to --resume a run",
+        file=sys.stderr,
+    )
+
+
+def _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads) -> Result:
     if backend == "ort-training":
         result = _ort_backend().train_model(
             spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
@@ -88,17 +148,6 @@ def train_command(
             threads=threads,
             progress=True,
         )
-    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
-    if metrics_json is not None:
-        write_metrics(metrics_json, result.history)
-    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
-    outputs = {"model": output, "metrics_json": metrics_json, "checkpoint_dir": checkpoint_dir,
-               "train_step": export_train_step}  # fmt: skip
-    result.summary = train_summary(
-        result.history, train_samples=len(train.y), wall_seconds=time.perf_counter() - started, outputs=outputs,
-        best_epoch=result.best_epoch, stopped_early=result.stopped_early, restored_best=settings.patience is not None,
-    )  # fmt: skip
-    print(format_train_summary(result.summary), file=sys.stderr)
     return result
 
 

@@ -26,6 +26,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.loader",
             "cnnspec.initializers",
             "cnnspec.modelfile",
+            "cnnspec.protos",
             "cnnspec.foreign",
             "cnnspec.images",
             "cnnspec.sessions",

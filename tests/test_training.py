@@ -306,7 +306,7 @@ def test_checkpoint_folder_refuses_fresh_run_and_other_settings(tmp_path):
     assert (tmp_path / "LATEST").read_text().startswith("step-000000006.npz ")
     with pytest.raises(UsageError, match="already holds checkpoints"):
         train(tmp_path, epochs=1)
-    with pytest.raises(CnnspecError, match="another spec, data or settings"):
+    with pytest.raises(CnnspecError, match="belongs to another run: learning_rate: 0.01 in the checkpoint, 0.5 now"):
         train(tmp_path, resume=True, learning_rate=0.5)
 
 

@@ -69,6 +69,16 @@ class Result:
     """The end-of-run summary (command_reports.train_summary), set by `cnnspec train`."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C without a checkpoint folder: carries the weights after the last completed epoch (None before the
+    first), for the caller to keep. A KeyboardInterrupt, so everything else treats it as Ctrl-C (exit 130)."""
+
+    def __init__(self, epochs_done: int, params: dict[str, np.ndarray] | None) -> None:
+        super().__init__(f"interrupted after {epochs_done} epoch(s)")
+        self.epochs_done = epochs_done
+        self.params = params
+
+
 def rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, *key])
 
@@ -217,7 +227,10 @@ class Loop:
 
     def _save_and_stop(self) -> None:
         if self.checkpoints is None:
-            self.log("interrupted: nothing saved (no --checkpoint-dir)")
+            # The caller (train_command) writes the model of the last completed epoch, if there is one.
+            if self.state.epoch == 0:
+                self.log("interrupted during epoch 1: nothing to keep yet (--checkpoint-dir saves within an epoch)")
+            raise TrainingInterrupted(self.state.epoch, self.state.params if self.state.epoch else None)
         else:
             self.state.params, self.state.opt = self.runner.params(), self.runner.state()
             path = self.checkpoints.save(self.state)
