@@ -154,6 +154,7 @@ def analyze(spec: Spec) -> Report:
         )
         return report
     _check_preprocess(spec, report)
+    _check_augmentation(report)
     known: dict[str, tuple[Shape, Field]] = {INPUT: (shape, ((1, 1), (1, 1)))}
     warned: set[str] = set()
     for node in report.graph.nodes:
@@ -191,6 +192,29 @@ def analyze(spec: Spec) -> Report:
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
     return report
+
+
+def _check_augmentation(report: Report) -> None:
+    """Augmentation layers run in the input pipeline, on the input image: only first, in a chain from `input`."""
+    previous, first_other = INPUT, None
+    for node in report.graph.nodes:
+        if not node.layer.augmentation:
+            first_other = first_other or node
+            continue
+        if first_other is None and node.inputs == (previous,):
+            previous = node.name
+            continue
+        where = f"after '{first_other.name}'" if first_other is not None else f"reading {list(node.inputs)}"
+        report.issues.append(
+            Issue(
+                f"{node.origin.label}: {node.layer.type} is an augmentation layer, which only works on the input "
+                f"image: it must come before the first other layer and read the input or the augmentation layer "
+                f"before it, but it comes {where}. Hint: move it to the top of layers (Keras's data augmentation "
+                "is the first block of a model)",
+                node.origin.index,
+                None,
+            )
+        )
 
 
 def _first_copy(label: str, seen: set[str]) -> bool:

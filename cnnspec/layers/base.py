@@ -206,6 +206,8 @@ class Layer(BaseModel):
     """(fewest, most) inputs; None: no upper bound."""
     non_trainable: ClassVar[tuple[str, ...]] = ()
     """Parameters updated by the forward pass, not by gradients (BatchNormalization's running stats)."""
+    augmentation: ClassVar[bool] = False
+    """A random augmentation (layers/augmentation.py): applied by the training input pipeline, absent at inference."""
     mixes_batch: ClassVar[bool] = False
     """The training forward mixes the samples of a batch (batch statistics): the batch cannot be cut
     into shards that run apart (training.runner.ShardedStepRunner)."""

@@ -2,7 +2,7 @@
 
 Every random draw comes from a generator keyed on (seed, epoch, ...): the shuffle order of an epoch
 on (seed, epoch, 0), the dropout masks of a batch on (seed, epoch, 1, batch), the validation split
-on (seed, 2). So a run resumed from any checkpoint redraws exactly what the uninterrupted run drew,
+on (seed, 2), the augmentation layers' draws on (seed, epoch, 3, batch, layer). So a run resumed from any checkpoint redraws exactly what the uninterrupted run drew,
 and ends with bitwise the same weights.
 """
 
@@ -12,7 +12,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,26 @@ def dropout_masks(program: Program, seed: int, epoch: int, batch: int, n: int) -
     return masks
 
 
+def augment_batch(layers: list[Any], x: np.ndarray, seed: int, epoch: int, batch: int) -> np.ndarray:
+    """The augmentation layers applied in order to a batch of raw pixels [N, C, H, W], each with its own draws.
+
+    A RandomCrop hands the layers after it its window; at the end the result goes back to the centre of an
+    input-sized image, where the model's centre crop reads it (augment.embed_center).
+    """
+    from ..augment import embed_center
+
+    sizes = []
+    for i, layer in enumerate(layers):
+        key = (3, batch, i) if layer.seed is None else (3, batch, i, layer.seed)
+        before = x.shape[2:]
+        x = layer.augment(x, rng(seed, epoch, *key))
+        if x.shape[2:] != before:
+            sizes.append(before)
+    for size in reversed(sizes):
+        x = embed_center(x, size)
+    return x
+
+
 @dataclass
 class Loop:
     """One training run; `run()` continues from `state` (fresh or loaded from a checkpoint)."""
@@ -108,6 +129,8 @@ class Loop:
     checkpoints: CheckpointDir | None = None
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     progress: Any = None
+    augmentation: list[Any] = field(default_factory=list)
+    """The spec's augmentation layers (layers/augmentation.py), applied to each training batch in this order."""
     _interrupted: bool = field(default=False, init=False)
 
     @property
@@ -143,11 +166,10 @@ class Loop:
         task = self.progress.add_task(f"epoch {st.epoch + 1}/{s.epochs}", total=self.batches) if self.progress else None
         if task is not None:
             self.progress.update(task, completed=st.batch)
-        while st.batch < self.batches:
+        for index, x in self._batches(order):
             if self._interrupted:
                 self._save_and_stop()
-            index = order[st.batch * s.batch_size : (st.batch + 1) * s.batch_size]
-            self._step(index)
+            self._step(index, x)
             seen_here += len(index)
             if task is not None:
                 rate = seen_here / max(time.perf_counter() - started, 1e-9)
@@ -156,11 +178,34 @@ class Loop:
             self.progress.remove_task(task)
         return self._end_epoch(time.perf_counter() - started, seen_here)
 
-    def _step(self, index: np.ndarray) -> None:
+    def _batches(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample indices, pixels) of the epoch's remaining batches. With augmentation, the next batch is
+        prepared on a worker thread while the current one trains (numpy and onnxruntime release the GIL)."""
+        s, st = self.settings, self.state
+
+        def prepare(batch: int) -> tuple[np.ndarray, np.ndarray]:
+            index = order[batch * s.batch_size : (batch + 1) * s.batch_size]
+            if not self.augmentation:
+                return index, self.train.x[index]
+            return index, augment_batch(self.augmentation, self.train.x[index], s.seed, st.epoch, batch)
+
+        if not self.augmentation:
+            while st.batch < self.batches:
+                yield prepare(st.batch)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnspec-augment") as pool:
+            upcoming = pool.submit(prepare, st.batch)
+            while st.batch < self.batches:
+                ready = upcoming.result()
+                if st.batch + 1 < self.batches:
+                    upcoming = pool.submit(prepare, st.batch + 1)
+                yield ready
+
+    def _step(self, index: np.ndarray, x: np.ndarray) -> None:
         s, st = self.settings, self.state
         masks = {} if self.program is None else dropout_masks(self.program, s.seed, st.epoch, st.batch, len(index))
         lr = s.lr_at(st.epoch, st.step, self.batches)
-        loss, correct = self.runner.step(self.train.x[index], self.train.y[index], lr, st.step, masks)
+        loss, correct = self.runner.step(x, self.train.y[index], lr, st.step, masks)
         if not math.isfinite(loss):
             raise CnnspecError(
                 f"training diverged at epoch {st.epoch + 1}, batch {st.batch + 1}: the loss is {loss}; "

@@ -115,10 +115,18 @@ def run_loop(
             state = fresh()
             state.fingerprint, state.seed = key, settings.seed
         bar = stack.enter_context(_progress()) if progress else None
-        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar)
+        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar,
+                    augmentation=augmentation_layers(spec))  # fmt: skip
         if log is not None:
             loop.log = log
         return loop.run()
+
+
+def augmentation_layers(spec: Spec) -> list[Any]:
+    """The spec's augmentation layers, in order (they all come first: analysis.py checks it)."""
+    from ..analysis import check
+
+    return [row.layer for row in check(spec).layers if row.layer.augmentation]
 
 
 def step_runner(spec: Spec, report, settings: Settings, device: str, threads: int | None):
