@@ -51,6 +51,8 @@ class LayerReport:
         return {key: param_name(self.name, key) for key in self.param_shapes}
 
     def trainable_keys(self) -> list[str]:
+        if self.layer is not None and self.layer.frozen:
+            return []
         return [k for k in self.param_shapes if self.layer is None or k not in self.layer.non_trainable]
 
 
@@ -101,7 +103,12 @@ class Report:
     @property
     def mixes_batch(self) -> bool:
         """Some layer's training forward mixes the samples of a batch (BatchNormalization)."""
-        return any(r.layer is not None and r.layer.mixes_batch for r in self.layers)
+        return any(r.layer is not None and r.layer.mixes_batch and not r.layer.frozen for r in self.layers)
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """Layers with parameters that `trainable: false` freezes."""
+        return [r.name for r in self.layers if r.layer is not None and r.layer.frozen and r.params]
 
 
 Field = tuple[tuple[int, int], tuple[int, int]]
@@ -123,7 +130,7 @@ def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) ->
     out = layer.infer_shape(shapes)
     params = layer.param_shapes(shape)
     count = sum(numel(s) for s in params.values())
-    trainable = sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
+    trainable = 0 if layer.frozen else sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
     # Across branches the receptive field is the largest over the paths (and the coarsest jump).
     rf = [max(f[0][a] for f in fields) for a in (0, 1)]
     jump = [max(f[1][a] for f in fields) for a in (0, 1)]

@@ -108,31 +108,59 @@ def affine(
     """
     n, c, h, w = x.shape
     m = np.asarray(matrices, np.float32)
-    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
     src_x = m[:, 0, None, None] * xs + m[:, 1, None, None] * ys + m[:, 2, None, None]  # [N, H, W]
     src_y = m[:, 3, None, None] * xs + m[:, 4, None, None] * ys + m[:, 5, None, None]
-    flat = x.reshape(n, c, h * w)
+    # Gather rows of the batch as [N·H·W, C] (pixels of all images one after the other): np.take on axis 0.
+    rows = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
+    base = (np.arange(n, dtype=np.int64) * (h * w)).reshape(n, 1, 1)
     if interpolation == "nearest":
-        taps = [(_round_half_away(src_y).astype(np.int64), _round_half_away(src_x).astype(np.int64), None)]
+        iy, ix = _round_half_away(src_y).astype(np.int64), _round_half_away(src_x).astype(np.int64)
+        out = _gather(rows, base, _Axis(iy, h, fill_mode), _Axis(ix, w, fill_mode), None, fill_value)
     else:
         y0, x0 = np.floor(src_y), np.floor(src_x)
-        fy, fx = src_y - y0, src_x - x0
-        y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
-        taps = [
-            (y0, x0, (1 - fy) * (1 - fx)),
-            (y0, x0 + 1, (1 - fy) * fx),
-            (y0 + 1, x0, fy * (1 - fx)),
-            (y0 + 1, x0 + 1, fy * fx),
-        ]
-    out = np.zeros((n, c, h * w), np.float32)
-    for iy, ix, weight in taps:
-        index = (_fix_index(iy, h, fill_mode) * w + _fix_index(ix, w, fill_mode)).reshape(n, 1, h * w)
-        values = np.take_along_axis(flat, index, axis=2)
-        if fill_mode == "constant":
-            inside = ((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)).reshape(n, 1, h * w)
-            values = np.where(inside, values, np.float32(fill_value))
-        out += values if weight is None else values * weight.reshape(n, 1, h * w)
-    return out.reshape(n, c, h, w)
+        fy, fx = (src_y - y0)[..., None], (src_x - x0)[..., None]
+        ys = (_Axis(y0.astype(np.int64), h, fill_mode), _Axis(y0.astype(np.int64) + 1, h, fill_mode))
+        xs = (_Axis(x0.astype(np.int64), w, fill_mode), _Axis(x0.astype(np.int64) + 1, w, fill_mode))
+        out = _gather(rows, base, ys[0], xs[0], (1 - fy) * (1 - fx), fill_value)
+        out += _gather(rows, base, ys[0], xs[1], (1 - fy) * fx, fill_value)
+        out += _gather(rows, base, ys[1], xs[0], fy * (1 - fx), fill_value)
+        out += _gather(rows, base, ys[1], xs[1], fy * fx, fill_value)
+    return np.ascontiguousarray(out.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+
+class _Axis:
+    """Integer coordinates along one axis: the index to read (fixed by the fill mode) and whether it was inside."""
+
+    def __init__(self, index: np.ndarray, size: int, fill_mode: FillMode) -> None:
+        low, high = int(index.min()), int(index.max())
+        # the fill-mode mapping of every index in [low, high] once, then a table look-up (np.mod is slow)
+        table = _fix_index(np.arange(low, high + 1), size, fill_mode)
+        self.index = table[index - low]
+        self.inside = None if fill_mode != "constant" or (low >= 0 and high < size) else (index >= 0) & (index < size)
+
+
+def _gather(rows, base, y: _Axis, x: _Axis, weight, fill_value: float) -> np.ndarray:
+    """rows[n·H·W + y·W + x] for every output pixel, as [N, H, W, C], times `weight` ([N, H, W, 1])."""
+    n, h, w = y.index.shape
+    values = np.take(rows, (base + y.index * w + x.index).reshape(-1), axis=0).reshape(n, h, w, -1)
+    inside = y.inside if x.inside is None else (x.inside if y.inside is None else y.inside & x.inside)
+    if inside is not None:
+        values = np.where(inside[..., None], values, np.float32(fill_value))
+    return values if weight is None else values * weight
+
+
+def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """[N, 6] maps of `first` then `second` (output->input maps, so the product reads first(second(p)))."""
+
+    def full(m: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(m), 3, 3))
+        out[:, :2, :] = np.asarray(m, np.float64).reshape(-1, 2, 3)
+        out[:, 2, 2] = 1
+        return out
+
+    return (full(first) @ full(second))[:, :2, :].reshape(-1, 6)
 
 
 def draw_uniform(gen: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:

@@ -252,7 +252,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Overrides training.batch_size.")] = None,
     learning_rate: Annotated[Optional[float], _LR] = None,
     seed: Annotated[Optional[int], _SEED] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction (0..1) for validation.")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction [0, 1) for validation; 0: none.")] = None,
     val: Annotated[OptPath, typer.Option("--val", help="A separate validation data set.")] = None,
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
     backend: Annotated[Literal["native", "ort-training"], _BACKEND] = "native",
@@ -266,8 +266,8 @@ def train(
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
 
-    if val_split is not None and not 0 < val_split < 1:
-        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
+    if val_split is not None and not 0 <= val_split < 1:
+        raise typer.BadParameter(f"must be in [0, 1) (0: no validation), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
     train_command(

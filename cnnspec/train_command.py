@@ -52,7 +52,7 @@ def train_command(
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
-    if val is not None and overrides.get("val_split") is not None:
+    if val is not None and overrides.get("val_split"):
         raise UsageError("give --val PATH or --val-split F, not both")
     if backend == "ort-training" and device != "cpu":
         raise UsageError("--backend ort-training runs on the CPU only; use --backend native for --device cuda")

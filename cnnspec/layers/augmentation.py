@@ -107,6 +107,10 @@ class _Resampling(Augmentation):
     interpolation: Interpolation = "bilinear"
     fill_value: Float() = 0.0
 
+    @property
+    def sampling(self) -> tuple[str, str, float]:
+        return (self.interpolation, self.fill_mode, self.fill_value)
+
     def matrices(self, gen: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -236,6 +240,44 @@ class RandomBrightness(Augmentation):
         from .. import augment
 
         return augment.brightness(x, augment.draw_uniform(gen, *self.factor, len(x)), self.value_range)
+
+
+def apply_augmentations(layers: list[Augmentation], x: np.ndarray, gens: list[np.random.Generator]) -> np.ndarray:
+    """The layers in order on a batch x [N, C, H, W], layer i drawing from gens[i].
+
+    NOTE: consecutive resampling layers (translation, rotation, zoom) with the same interpolation and fill are
+    resampled once, through the product of their maps: one interpolation instead of several (less blur, a third
+    of the work); each layer alone is exactly Keras's. A RandomCrop hands the layers after it its window; at the
+    end the result goes back to the centre of an input-sized image, where the model's centre crop reads it.
+    """
+    from .. import augment
+
+    sizes: list[tuple[int, int]] = []
+    pending: tuple[_Resampling, np.ndarray] | None = None
+    for layer, gen in zip(layers, gens, strict=True):
+        if isinstance(layer, _Resampling):
+            m = layer.matrices(gen, len(x), x.shape[2], x.shape[3])
+            if pending is not None and pending[0].sampling == layer.sampling:
+                pending = (pending[0], augment.compose(pending[1], m))
+                continue
+            x = _resample(x, pending)
+            pending = (layer, m)
+            continue
+        x, pending = _resample(x, pending), None
+        before = x.shape[2:]
+        x = layer.augment(x, gen)
+        if x.shape[2:] != before:
+            sizes.append(before)
+    x = _resample(x, pending)
+    for size in reversed(sizes):
+        x = augment.embed_center(x, size)
+    return x
+
+
+def _resample(x: np.ndarray, pending: tuple[_Resampling, np.ndarray] | None) -> np.ndarray:
+    from .. import augment
+
+    return x if pending is None else augment.affine(x, pending[1], *pending[0].sampling)
 
 
 AUGMENTATION_KINDS = (

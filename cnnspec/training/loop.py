@@ -2,8 +2,8 @@
 
 Every random draw comes from a generator keyed on (seed, epoch, ...): the shuffle order of an epoch
 on (seed, epoch, 0), the dropout masks of a batch on (seed, epoch, 1, batch), the validation split
-on (seed, 2), the augmentation layers' draws on (seed, epoch, 3, batch, layer). So a run resumed from any checkpoint redraws exactly what the uninterrupted run drew,
-and ends with bitwise the same weights.
+on (seed, 2), the augmentation layers' draws on (seed, epoch, 3, batch, layer). So a run resumed from
+any checkpoint redraws exactly what the uninterrupted run drew, and ends with bitwise the same weights.
 """
 
 from __future__ import annotations
@@ -94,23 +94,12 @@ def dropout_masks(program: Program, seed: int, epoch: int, batch: int, n: int) -
 
 
 def augment_batch(layers: list[Any], x: np.ndarray, seed: int, epoch: int, batch: int) -> np.ndarray:
-    """The augmentation layers applied in order to a batch of raw pixels [N, C, H, W], each with its own draws.
+    """The augmentation layers on a batch of raw pixels [N, C, H, W]; layer i draws from (seed, epoch, 3, batch, i)
+    (and its own `seed` when it has one)."""
+    from ..layers.augmentation import apply_augmentations
 
-    A RandomCrop hands the layers after it its window; at the end the result goes back to the centre of an
-    input-sized image, where the model's centre crop reads it (augment.embed_center).
-    """
-    from ..augment import embed_center
-
-    sizes = []
-    for i, layer in enumerate(layers):
-        key = (3, batch, i) if layer.seed is None else (3, batch, i, layer.seed)
-        before = x.shape[2:]
-        x = layer.augment(x, rng(seed, epoch, *key))
-        if x.shape[2:] != before:
-            sizes.append(before)
-    for size in reversed(sizes):
-        x = embed_center(x, size)
-    return x
+    keys = [(3, batch, i) if layer.seed is None else (3, batch, i, layer.seed) for i, layer in enumerate(layers)]
+    return apply_augmentations(layers, x, [rng(seed, epoch, *key) for key in keys])
 
 
 @dataclass

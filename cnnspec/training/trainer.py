@@ -41,7 +41,7 @@ def resolve_settings(spec: Spec, **overrides: Any) -> Settings:
         step_epochs=training.step_epochs,
         step_gamma=training.step_gamma,
         patience=training.patience,
-        val_split=training.val_split,
+        val_split=training.val_split or None,  # Keras's validation_split=0.0: no validation
     )
 
 
