@@ -203,7 +203,7 @@ def run(
 @app.command()
 def evaluate(
     model: ModelPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     as_json: JsonOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 256,
@@ -246,13 +246,13 @@ _TRAIN_THREADS = typer.Option(
 @app.command()
 def train(
     spec: SpecPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the trained .onnx model.")],
     epochs: Annotated[Optional[int], typer.Option(min=1, max=100_000, help="Overrides training.epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Overrides training.batch_size.")] = None,
     learning_rate: Annotated[Optional[float], _LR] = None,
     seed: Annotated[Optional[int], _SEED] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction [0, 1) for validation; 0: none.")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction for validation (0: none).")] = None,
     val: Annotated[OptPath, typer.Option("--val", help="A separate validation data set.")] = None,
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
     backend: Annotated[Literal["native", "ort-training"], _BACKEND] = "native",
@@ -262,6 +262,7 @@ def train(
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
+    init_from: Annotated[OptPath, typer.Option(help="Start from this .onnx model's weights (by layer name).")] = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
@@ -274,7 +275,7 @@ def train(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split,
+        val_split=val_split, init_from=init_from,
     )  # fmt: skip
 
 

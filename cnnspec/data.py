@@ -269,6 +269,7 @@ def load_csv(
             lines.append(line)
     arrays = load_images(files, chw)
     bad += [f"line {line}: {a}" for line, a in zip(lines, arrays, strict=True) if isinstance(a, Exception)]
+    bad.sort(key=lambda text: int(text.split(":")[0].split()[1]))  # by line number
     if bad and not skip_bad:
         listed = "\n  ".join(bad[:MAX_LISTED]) + (
             f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""

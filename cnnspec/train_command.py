@@ -49,11 +49,14 @@ def train_command(
     export_train_step: Path | None = None,
     skip_bad_images: bool = False,
     threads: int | None = None,
+    init_from: Path | None = None,
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
     if val is not None and overrides.get("val_split"):
         raise UsageError("give --val PATH or --val-split F, not both")
+    if backend == "ort-training" and init_from is not None:
+        raise UsageError("--init-from works with --backend native")
     if backend == "ort-training" and device != "cpu":
         raise UsageError("--backend ort-training runs on the CPU only; use --backend native for --device cuda")
     for path in (output, metrics_json, export_train_step):
@@ -66,6 +69,11 @@ def train_command(
     if export_train_step is not None:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
+    init = None
+    if init_from is not None:
+        from .transfer import init_from as read_init
+
+        init = read_init(init_from, report, log=lambda line: print(line, file=sys.stderr))
     train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
     if backend == "ort-training":
         result = _ort_backend().train_model(
@@ -83,6 +91,7 @@ def train_command(
             resume=resume,
             threads=threads,
             progress=True,
+            init=init,
         )
     atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
     if metrics_json is not None:

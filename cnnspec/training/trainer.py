@@ -69,8 +69,10 @@ def train_model(
     threads: int | None = None,
     progress: bool = False,
     log=None,
+    init: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Result:
-    """Train from `compile --seed` weights (or the latest checkpoint with `resume`)."""
+    """Train from `compile --seed` weights (or the latest checkpoint with `resume`); `init` turns those fresh
+    weights into the start weights (`--init-from`, transfer.py)."""
     from ..analysis import check
     from ..compiler import initial_params
     from .program import build_eval
@@ -82,6 +84,7 @@ def train_model(
 
     def fresh() -> TrainState:
         params = initial_params(spec, report, settings.seed)
+        params = init(params) if init is not None else params
         return TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
 
     return run_loop(spec, train, val, settings, program, runner, evaluator, fresh, checkpoint_dir=checkpoint_dir,
@@ -135,7 +138,9 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     from .program import build_train_step
     from .runner import ShardedStepRunner, StepRunner, cpu_cores, shard_count
 
-    shards = shard_count(device, threads, settings.batch_size, report.mixes_batch)
+    # The shards' update program updates every parameter: frozen layers (trainable: false) train in one session.
+    one_session = report.mixes_batch or bool(report.frozen_layers)
+    shards = shard_count(device, threads, settings.batch_size, one_session)
     optimizer, smoothing = settings.optimizer, settings.label_smoothing
     cores = threads or cpu_cores()
     if shards > 1:
