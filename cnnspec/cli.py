@@ -200,6 +200,9 @@ def run(
     raise typer.Exit(1 if failed else 0)
 
 
+_PLOTS = typer.Option("--plots", help="Write pictures (PNG) to this folder; needs cnnspec[viz].")
+
+
 @app.command()
 def evaluate(
     model: ModelPath,
@@ -213,12 +216,15 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
+    plots: Annotated[Optional[Path], _PLOTS] = None,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
+    from .viz import evaluation_plots, plot_dir
 
+    folder = plot_dir(plots) if plots is not None else None  # before the work: matplotlib may be missing
     clf = _classifier(model, device, threads, labels, scale, mean, std)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
@@ -226,6 +232,9 @@ def evaluate(
     dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
+    if folder is not None:
+        written = evaluation_plots(clf, dataset.x, dataset.y, folder, batch_size)
+        print("plots: " + ", ".join(map(str, written)), file=sys.stderr)
 
 
 
@@ -263,6 +272,7 @@ def train(
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
     init_from: Annotated[OptPath, typer.Option(help="Start from this .onnx model's weights (by layer name).")] = None,
+    plots: Annotated[OptPath, _PLOTS] = None,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
@@ -275,8 +285,23 @@ def train(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split, init_from=init_from,
+        val_split=val_split, init_from=init_from, plots=plots,
     )  # fmt: skip
+
+
+@app.command()
+def visualize(
+    model: ModelPath,
+    image: Annotated[Path, typer.Argument(help="An image file, resized to the model's input.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG files.")],
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layer names (default: all conv/pool).")] = None,
+) -> None:
+    """Pictures of what a model computes: filters.png (first convolution's kernels) and feature_maps-<layer>.png."""
+    from .viz import visualize as draw
+
+    chosen = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
+    for path in draw(model, image, output, chosen):
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

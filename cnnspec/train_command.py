@@ -50,6 +50,7 @@ def train_command(
     skip_bad_images: bool = False,
     threads: int | None = None,
     init_from: Path | None = None,
+    plots: Path | None = None,
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras)."""
@@ -62,6 +63,10 @@ def train_command(
     for path in (output, metrics_json, export_train_step):
         if path is not None:
             check_output_path(path, not_same_as=[spec_path, data])
+    if plots is not None:
+        from . import viz
+
+        plots = viz.plot_dir(plots)  # before the work: matplotlib may be missing
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
@@ -69,6 +74,13 @@ def train_command(
     if export_train_step is not None:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
+    on_epoch = None
+    if plots is not None:
+        folder = plots
+
+        def on_epoch(history: list[dict[str, Any]]) -> None:
+            viz.plot_curves(history, folder / "curves.png")
+
     init = None
     if init_from is not None:
         from .transfer import init_from as read_init
@@ -92,12 +104,31 @@ def train_command(
             threads=threads,
             progress=True,
             init=init,
+            on_epoch=on_epoch,
         )
     atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
+    if plots is not None:
+        _final_plots(plots, output, held, result.history)
     if metrics_json is not None:
         write_metrics(metrics_json, result.history)
     print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
     return result
+
+
+def _final_plots(folder: Path, model: Path, held: Data | None, history: list[dict[str, Any]]) -> None:
+    """`--plots`: the curves of the whole run, and the confusion matrix of the trained model on the validation data
+    (when there is any)."""
+    from . import viz
+    from .runtime import Classifier
+
+    viz.plot_curves(history, folder / "curves.png")
+    if held is None:
+        print(f"plots: {folder}/curves.png (no validation data: no confusion_matrix.png)", file=sys.stderr)
+        return
+    classifier = Classifier(model, sandbox=False)  # the model this command has just written
+    counts = viz.confusion_counts(held.y, classifier.scores(held.x, 256).argmax(axis=1), classifier.classes)
+    viz.plot_confusion(counts, classifier.labels, folder / "confusion_matrix.png", title="validation")
+    print(f"plots: {folder}/curves.png, {folder}/confusion_matrix.png", file=sys.stderr)
 
 
 def _ort_backend():

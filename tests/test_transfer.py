@@ -53,6 +53,20 @@ def cnnspec(*args) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)  # fmt: skip
 
 
+class Run:
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode, self.stderr = returncode, stderr
+
+
+def cli(capsys, *args) -> Run:
+    """The CLI in this process (no interpreter start): its exit code and what it printed on stderr."""
+    from cnnspec.cli import _run
+
+    capsys.readouterr()
+    code = _run([str(a) for a in args])
+    return Run(code, capsys.readouterr().err)
+
+
 def weights(path: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
 
@@ -113,17 +127,19 @@ def trained(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("init")
     d = data()
     np.savez(work / "data.npz", x=d.x[:, 0], y=d.y)
-    r = cnnspec("train", write(work / "net.yaml", NET), "--data", work / "data.npz", "-o", work / "net.onnx")
-    assert r.returncode == 0, r.stderr
+    from cnnspec.cli import _run
+
+    assert _run(["train", str(write(work / "net.yaml", NET)), "--data", str(work / "data.npz"), "-o",
+                 str(work / "net.onnx")]) == 0  # fmt: skip
     return work
 
 
-def test_init_from_loads_matching_layers_and_keeps_a_new_head_fresh(trained: Path):
+def test_init_from_loads_matching_layers_and_keeps_a_new_head_fresh(trained: Path, capsys):
     three = NET | {"layers": [*NET["layers"][:-1], NET["layers"][-1] | {"units": 3}]}
     d = data(classes=3, seed=1)
     np.savez(trained / "three.npz", x=d.x[:, 0], y=d.y)
     out = trained / "three.onnx"
-    r = cnnspec("train", write(trained / "three.yaml", three), "--data", trained / "three.npz", "-o", out,
+    r = cli(capsys, "train", write(trained / "three.yaml", three), "--data", trained / "three.npz", "-o", out,
                 "--init-from", trained / "net.onnx", "--epochs", 1)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "loaded 2 layer(s): stem, bn" in r.stderr
@@ -133,7 +149,7 @@ def test_init_from_loads_matching_layers_and_keeps_a_new_head_fresh(trained: Pat
     assert not np.allclose(source["bn.running_mean"], start["bn.running_mean"])
     frozen = three | {"layers": [dict(x, trainable=False) if x.get("name") in ("stem", "bn") else x
                                  for x in three["layers"]]}  # fmt: skip
-    r = cnnspec("train", write(trained / "frozen.yaml", frozen), "--data", trained / "three.npz", "-o", out,
+    r = cli(capsys, "train", write(trained / "frozen.yaml", frozen), "--data", trained / "three.npz", "-o", out,
                 "--init-from", trained / "net.onnx", "--epochs", 1)  # fmt: skip
     assert r.returncode == 0, r.stderr
     got = weights(out)
@@ -200,14 +216,14 @@ def test_csv_rows_resolve_against_the_csv_folder_and_bad_rows_are_reported(tmp_p
     assert len(ds) == 3
 
 
-def test_train_from_csv(tmp_path: Path):
+def test_train_from_csv(tmp_path: Path, capsys):
     d = data(n=32)
     rows = ["path,label"]
     for i, (x, y) in enumerate(zip(d.x, d.y, strict=True)):
         Image.fromarray(np.clip(x[0], 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{int(y)}")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    r = cnnspec("train", write(tmp_path / "net.yaml", NET), "--data", tmp_path / "train.csv", "-o",
+    r = cli(capsys, "train", write(tmp_path / "net.yaml", NET), "--data", tmp_path / "train.csv", "-o",
                 tmp_path / "m.onnx", "--epochs", 1)  # fmt: skip
     assert r.returncode == 0, r.stderr
 
@@ -215,24 +231,24 @@ def test_train_from_csv(tmp_path: Path):
 # ---- Keras habits -----------------------------------------------------------------------------------------------
 
 
-def test_val_split_zero_means_no_validation(tmp_path: Path):
+def test_val_split_zero_means_no_validation(tmp_path: Path, capsys):
     spec = spec_from_data(NET | {"training": NET["training"] | {"val_split": 0}})
     assert resolve_settings(spec).val_split is None
     assert resolve_settings(spec_from_data(NET), val_split=0.0).val_split is None
     d = data()
     np.savez(tmp_path / "d.npz", x=d.x[:, 0], y=d.y)
-    r = cnnspec("train", write(tmp_path / "n.yaml", NET), "--data", tmp_path / "d.npz", "-o", tmp_path / "m.onnx",
-                "--val-split", 0, "--epochs", 1)  # fmt: skip
+    r = cli(capsys, "train", write(tmp_path / "n.yaml", NET), "--data", tmp_path / "d.npz", "-o",
+            tmp_path / "m.onnx", "--val-split", 0, "--epochs", 1)  # fmt: skip
     assert r.returncode == 0 and "val_loss" not in r.stderr, r.stderr
-    r = cnnspec("train", tmp_path / "n.yaml", "--data", tmp_path / "d.npz", "-o", tmp_path / "m.onnx",
-                "--val-split", 1)  # fmt: skip
+    r = cli(capsys, "train", tmp_path / "n.yaml", "--data", tmp_path / "d.npz", "-o", tmp_path / "m.onnx",
+            "--val-split", 1)  # fmt: skip
     assert r.returncode == 2 and "0: no validation" in r.stderr
 
 
-def test_name_is_optional_and_defaults_to_the_file_stem(tmp_path: Path):
+def test_name_is_optional_and_defaults_to_the_file_stem(tmp_path: Path, capsys):
     spec = {k: v for k, v in NET.items() if k != "name"}
     assert load_spec(write(tmp_path / "my_net.yaml", spec)).name == "my_net"
     assert spec_from_data(spec).name == "model"
-    r = cnnspec("compile", tmp_path / "my_net.yaml", "-o", tmp_path / "m.onnx")
+    r = cli(capsys, "compile", tmp_path / "my_net.yaml", "-o", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr
     assert onnx.load(tmp_path / "m.onnx").graph.name == "my_net"

@@ -118,6 +118,8 @@ class Loop:
     checkpoints: CheckpointDir | None = None
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     progress: Any = None
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None
+    """Called with the history after every epoch (`train --plots`: curves.png)."""
     augmentation: list[Any] = field(default_factory=list)
     """The spec's augmentation layers (layers/augmentation.py), applied to each training batch in this order."""
     _interrupted: bool = field(default=False, init=False)
@@ -223,6 +225,8 @@ class Loop:
             row["val_loss"], row["val_accuracy"] = self.evaluator(st.params, self.val.x, self.val.y, 256)
         st.history.append(row)
         self.log(_epoch_line(row, s.epochs, seen_here / max(seconds, 1e-9)))
+        if self.on_epoch is not None:
+            self.on_epoch(st.history)
         stop = self._early_stopping(row)
         st.epoch, st.batch = st.epoch + 1, 0
         st.sums = {"loss": 0.0, "correct": 0, "seen": 0}

@@ -70,6 +70,7 @@ def train_model(
     progress: bool = False,
     log=None,
     init: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Result:
     """Train from `compile --seed` weights (or the latest checkpoint with `resume`); `init` turns those fresh
     weights into the start weights (`--init-from`, transfer.py)."""
@@ -88,7 +89,7 @@ def train_model(
         return TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
 
     return run_loop(spec, train, val, settings, program, runner, evaluator, fresh, checkpoint_dir=checkpoint_dir,
-                    resume=resume, progress=progress, log=log)  # fmt: skip
+                    resume=resume, progress=progress, log=log, on_epoch=on_epoch)  # fmt: skip
 
 
 def run_loop(
@@ -106,6 +107,7 @@ def run_loop(
     resume: bool = False,
     progress: bool = False,
     log=None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Result:
     """The one training loop of every backend: checkpoint folder (lock, --resume, fingerprint), the start state
     (`fresh()` or the latest checkpoint) and `Loop` over `runner` (load/step/params/state, runner.py's interface)
@@ -118,7 +120,7 @@ def run_loop(
             state = fresh()
             state.fingerprint, state.seed = key, settings.seed
         bar = stack.enter_context(_progress()) if progress else None
-        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar,
+        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar, on_epoch=on_epoch,
                     augmentation=augmentation_layers(spec))  # fmt: skip
         if log is not None:
             loop.log = log
