@@ -63,8 +63,8 @@ def load_dataset(
         data = load_idx(path, (c, h, w), labels)
     else:
         raise DataError(
-            f"data '{path}' is not a folder of class subfolders, an .npz or .csv file or an MNIST "
-            "'*-images-idx3-ubyte' file"
+            f"data '{path}' is not a folder of class subfolders, an .npz file, a .csv of path,label rows or an "
+            "MNIST '*-images-idx3-ubyte' file"
         )
     return _checked(data, classes, str(path))
 
