@@ -237,7 +237,6 @@ def evaluate(
         print("plots: " + ", ".join(map(str, written)), file=sys.stderr)
 
 
-
 OptPath = Optional[Path]
 _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")
 _SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile --seed), shuffling and dropout.")

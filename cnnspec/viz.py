@@ -30,9 +30,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise CnnspecError(
-            "pictures need matplotlib, which is not installed: pip install 'cnnspec[viz]'"
-        ) from None
+        raise CnnspecError("pictures need matplotlib, which is not installed: pip install 'cnnspec[viz]'") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

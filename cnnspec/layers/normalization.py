@@ -134,7 +134,6 @@ class BatchNormalization(Layer):
         dx = g.op("Add", [g.op("Mul", [dy, a], scope), g.op("Mul", [s["xhat"], c1], scope)], scope)
         return g.op("Add", [dx, c0], scope), grads
 
-
     def _backward_frozen(self, g: GraphBuilder, dy: str, ctx: Lowering) -> str | None:
         """Inference mode: y = γ (x - μ_run) / √(σ²_run + ε) + β is affine in x, so dx = dy · γ / √(σ²_run + ε)."""
         from .gradients import ints
