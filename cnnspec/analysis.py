@@ -51,6 +51,8 @@ class LayerReport:
         return {key: param_name(self.name, key) for key in self.param_shapes}
 
     def trainable_keys(self) -> list[str]:
+        if self.layer is not None and self.layer.frozen:
+            return []
         return [k for k in self.param_shapes if self.layer is None or k not in self.layer.non_trainable]
 
 
@@ -113,7 +115,12 @@ class Report:
     @property
     def mixes_batch(self) -> bool:
         """Some layer's training forward mixes the samples of a batch (BatchNormalization)."""
-        return any(r.layer is not None and r.layer.mixes_batch for r in self.layers)
+        return any(r.layer is not None and r.layer.mixes_batch and not r.layer.frozen for r in self.layers)
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """Layers with parameters that `trainable: false` freezes."""
+        return [r.name for r in self.layers if r.layer is not None and r.layer.frozen and r.params]
 
 
 Field = tuple[tuple[int, int], tuple[int, int]]
@@ -135,7 +142,7 @@ def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) ->
     out = layer.infer_shape(shapes)
     params = layer.param_shapes(shape)
     count = sum(numel(s) for s in params.values())
-    trainable = sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
+    trainable = 0 if layer.frozen else sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
     # Across branches the receptive field is the largest over the paths (and the coarsest jump).
     rf = [max(f[0][a] for f in fields) for a in (0, 1)]
     jump = [max(f[1][a] for f in fields) for a in (0, 1)]
@@ -166,6 +173,7 @@ def analyze(spec: Spec) -> Report:
         )
         return report
     _check_preprocess(spec, report)
+    _check_augmentation(report)
     known: dict[str, tuple[Shape, Field]] = {INPUT: (shape, ((1, 1), (1, 1)))}
     warned: set[str] = set()
     for node in report.graph.nodes:
@@ -237,6 +245,29 @@ def _check_keras_habits(spec: Spec, report: Report) -> None:
                 "sigmoid). Hint: with one softmax unit per class, use categorical_crossentropy",
                 None,
                 "training.loss",
+            )
+        )
+
+
+def _check_augmentation(report: Report) -> None:
+    """Augmentation layers run in the input pipeline, on the input image: only first, in a chain from `input`."""
+    previous, first_other = INPUT, None
+    for node in report.graph.nodes:
+        if not node.layer.augmentation:
+            first_other = first_other or node
+            continue
+        if first_other is None and node.inputs == (previous,):
+            previous = node.name
+            continue
+        where = f"after '{first_other.name}'" if first_other is not None else f"reading {list(node.inputs)}"
+        report.issues.append(
+            Issue(
+                f"{node.origin.label}: {node.layer.type} is an augmentation layer, which only works on the input "
+                f"image: it must come before the first other layer and read the input or the augmentation layer "
+                f"before it, but it comes {where}. Hint: move it to the top of layers (Keras's data augmentation "
+                "is the first block of a model)",
+                node.origin.index,
+                None,
             )
         )
 

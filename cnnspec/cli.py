@@ -310,10 +310,13 @@ def run(
     raise typer.Exit(1 if failed else 0)
 
 
+_PLOTS = typer.Option("--plots", help="Write pictures (PNG) to this folder; needs cnnspec[viz].")
+
+
 @app.command()
 def evaluate(
     model: ModelPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     as_json: JsonOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 256,
@@ -326,13 +329,16 @@ def evaluate(
     no_cuda_graph: NoCudaGraphOpt = False,
     layout: LayoutOpt = "auto",
     max_pixels: MaxPixelsOpt = None,
+    plots: Annotated[Optional[Path], _PLOTS] = None,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
+    from .viz import evaluation_plots, plot_dir
 
     _max_pixels(max_pixels)
+    folder = plot_dir(plots) if plots is not None else None  # before the work: matplotlib may be missing
     clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
@@ -341,6 +347,9 @@ def evaluate(
     _print_warnings(dataset.warnings)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
+    if folder is not None:
+        written = evaluation_plots(clf, dataset.x, dataset.y, folder, batch_size)
+        print("plots: " + ", ".join(map(str, written)), file=sys.stderr)
 
 
 @app.command()
@@ -400,8 +409,17 @@ def export_cmd(
 ) -> None:
     """Convert a model for deployment (int8, fp16: with the accuracy it costs, refused past --max-drop) or write
     a Triton Inference Server model repository for it (config.pbtxt, 1/model.onnx, labels.txt)."""
-    converting = {"--calibration": calibration, "--samples": samples, "--method": method, "--eval": eval_data,
-                  "--max-drop": max_drop, "--threads": threads, "--scale": scale, "--mean": mean, "--std": std}
+    converting = {
+        "--calibration": calibration,
+        "--samples": samples,
+        "--method": method,
+        "--eval": eval_data,
+        "--max-drop": max_drop,
+        "--threads": threads,
+        "--scale": scale,
+        "--mean": mean,
+        "--std": std,
+    }
     repository = {"--name": name, "--max-batch-size": max_batch_size, "--instances": instances, "--device": device}
     for option, value in (converting if to == "triton" else repository).items():
         if value is not None:
@@ -418,7 +436,6 @@ def export_cmd(
         model, to, output, as_json=as_json, calibration=calibration, samples=samples, method=method,
         eval_data=eval_data, max_drop=max_drop, threads=threads, scale=scale, mean=mean, std=std,
     )  # fmt: skip
-
 
 
 OptPath = Optional[Path]
@@ -441,13 +458,13 @@ _TRAIN_THREADS = typer.Option(
 @app.command()
 def train(
     spec: SpecPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the trained .onnx model.")],
     epochs: Annotated[Optional[int], typer.Option(min=1, max=100_000, help="Overrides training.epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Overrides training.batch_size.")] = None,
     learning_rate: Annotated[Optional[float], _LR] = None,
     seed: Annotated[Optional[int], _SEED] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction (0..1) for validation.")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction for validation (0: none).")] = None,
     val: Annotated[OptPath, typer.Option("--val", help="A separate validation data set.")] = None,
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
     backend: Annotated[Literal["native", "ort-training"], _BACKEND] = "native",
@@ -459,13 +476,15 @@ def train(
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
     patience: Annotated[Optional[int], _PATIENCE] = None,
     max_pixels: MaxPixelsOpt = None,
+    init_from: Annotated[OptPath, typer.Option(help="Start from this .onnx model's weights (by layer name).")] = None,
+    plots: Annotated[OptPath, _PLOTS] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")] = False,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
 
-    if val_split is not None and not 0 < val_split < 1:
-        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
+    if val_split is not None and not 0 <= val_split < 1:
+        raise typer.BadParameter(f"must be in [0, 1) (0: no validation), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
     _max_pixels(max_pixels)
@@ -473,7 +492,7 @@ def train(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split, patience=patience,
+        val_split=val_split, patience=patience, init_from=init_from, plots=plots,
     )  # fmt: skip
     if as_json:
         print(json.dumps(result.summary))
@@ -493,6 +512,21 @@ def doctor(
     report = environment()
     print(json.dumps(report) if as_json else render(report))
     raise typer.Exit(exit_code(report, device))
+
+
+@app.command()
+def visualize(
+    model: ModelPath,
+    image: Annotated[Path, typer.Argument(help="An image file, resized to the model's input.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG files.")],
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layer names (default: all conv/pool).")] = None,
+) -> None:
+    """Pictures of what a model computes: filters.png (first convolution's kernels) and feature_maps-<layer>.png."""
+    from .viz import visualize as draw
+
+    chosen = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
+    for path in draw(model, image, output, chosen):
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

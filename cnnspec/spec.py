@@ -83,7 +83,8 @@ class Training(_Strict):
     step_gamma: Float(gt=0, le=1) = 0.1
     patience: Int(ge=1, le=100_000) | None = None
     """Early stopping: stop after this many epochs without a better validation loss (keeps the best)."""
-    val_split: Float(gt=0, lt=1) | None = None
+    val_split: Float(ge=0, lt=1) | None = None
+    """Hold out this fraction for validation; 0 or none: no validation (Keras's validation_split=0.0)."""
     seed: Int(ge=0, le=2**32 - 1) = 0
 
     @property
@@ -161,7 +162,8 @@ class BlockDef(_Strict):
 class Spec(_Strict):
     """A whole network: its input, its layers and (optionally) labels, preprocessing and training."""
 
-    name: Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=128)] = "model"
+    """Optional, as in Keras: `load_spec` uses the file's stem when it is left out."""
     input: InputSpec
     labels: list[Label] | None = None
     preprocess: Preprocess | None = None
@@ -468,7 +470,7 @@ def spec_from_data(data: Any, source: str = "spec") -> Spec:
     """Validate parsed data as a Spec; every problem at once in one SpecError."""
     hint = "Hint: start from one of the specs in specs/ (seed.yaml is the smallest)"
     if data is None:
-        raise SpecError(f"{source}: spec is empty; it needs at least name, input and layers. {hint}")
+        raise SpecError(f"{source}: spec is empty; it needs at least input and layers. {hint}")
     if not isinstance(data, dict):
         kind = {list: "a list", str: "plain text"}.get(type(data), f"a {type(data).__name__}")
         raise SpecError(f"{source}: a spec must be a mapping (name: ..., input: ..., layers: ...), not {kind}. {hint}")
@@ -479,8 +481,13 @@ def spec_from_data(data: Any, source: str = "spec") -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file (YAML or JSON). Shapes are checked by `analyze`."""
-    return spec_from_data(read_spec_file(path), source=str(path))
+    """Read, parse and validate a spec file (YAML or JSON). Shapes are checked by `analyze`.
+
+    Without a top-level `name`, the model is named after the file (its stem, as `digits` for digits.yaml)."""
+    data = read_spec_file(path)
+    if isinstance(data, dict) and "name" not in data:
+        data = {"name": Path(path).stem[:128] or "model", **data}
+    return spec_from_data(data, source=str(path))
 
 
 def spec_json_schema() -> dict:

@@ -41,7 +41,7 @@ def resolve_settings(spec: Spec, **overrides: Any) -> Settings:
         step_epochs=training.step_epochs,
         step_gamma=training.step_gamma,
         patience=training.patience,
-        val_split=training.val_split,
+        val_split=training.val_split or None,  # Keras's validation_split=0.0: no validation
     )
 
 
@@ -96,8 +96,11 @@ def train_model(
     threads: int | None = None,
     progress: bool = False,
     log=None,
+    init: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Result:
-    """Train from `compile --seed` weights (or the latest checkpoint with `resume`)."""
+    """Train from `compile --seed` weights (or the latest checkpoint with `resume`); `init` turns those fresh
+    weights into the start weights (`--init-from`, transfer.py)."""
     from ..analysis import check
     from ..compiler import initial_params
     from .program import build_eval
@@ -109,10 +112,11 @@ def train_model(
 
     def fresh() -> TrainState:
         params = initial_params(spec, report, settings.seed)
+        params = init(params) if init is not None else params
         return TrainState(params, settings.optimizer.initial_state({p: params[p] for p in program.trainable}))
 
     return run_loop(spec, train, val, settings, program, runner, evaluator, fresh, checkpoint_dir=checkpoint_dir,
-                    resume=resume, progress=progress, log=log)  # fmt: skip
+                    resume=resume, progress=progress, log=log, on_epoch=on_epoch)  # fmt: skip
 
 
 def run_loop(
@@ -130,6 +134,7 @@ def run_loop(
     resume: bool = False,
     progress: bool = False,
     log=None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Result:
     """The one training loop of every backend: checkpoint folder (lock, --resume, fingerprint), the start state
     (`fresh()` or the latest checkpoint) and `Loop` over `runner` (load/step/params/state, runner.py's interface)
@@ -143,10 +148,18 @@ def run_loop(
             state.fingerprint, state.seed = key, settings.seed
         state.fingerprint_parts = parts
         bar = stack.enter_context(_progress()) if progress else None
-        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar)
+        loop = Loop(settings, program, runner, evaluator, train, val, state, ckpt, progress=bar, on_epoch=on_epoch,
+                    augmentation=augmentation_layers(spec))  # fmt: skip
         if log is not None:
             loop.log = log
         return loop.run()
+
+
+def augmentation_layers(spec: Spec) -> list[Any]:
+    """The spec's augmentation layers, in order (they all come first: analysis.py checks it)."""
+    from ..analysis import check
+
+    return [row.layer for row in check(spec).layers if row.layer.augmentation]
 
 
 def step_runner(spec: Spec, report, settings: Settings, device: str, threads: int | None):
@@ -155,7 +168,9 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     from .program import build_train_step
     from .runner import ShardedStepRunner, StepRunner, cpu_cores, shard_count
 
-    shards = shard_count(device, threads, settings.batch_size, report.mixes_batch)
+    # The shards' update program updates every parameter: frozen layers (trainable: false) train in one session.
+    one_session = report.mixes_batch or bool(report.frozen_layers)
+    shards = shard_count(device, threads, settings.batch_size, one_session)
     optimizer, smoothing = settings.optimizer, settings.label_smoothing
     cores = threads or cpu_cores()
     if shards > 1:
