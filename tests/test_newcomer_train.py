@@ -179,7 +179,9 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_when_piped(work:
     args = [sys.executable, "-m", "cnnspec", "train", "spec.yaml", "--data", "data.npz", "--epochs", "3"]
     piped = cnnspec(*args[3:], "-o", "p.onnx", cwd=work)
     lines = [line.split("  ")[0] for line in piped.stderr.splitlines()]
-    assert lines[:3] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"] and len(lines) == 4 and lines[3].startswith("wrote")
+    # one line per epoch, then the model written and the end-of-run summary (which starts "trained ")
+    assert lines[:3] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"] and lines[3].startswith("wrote"), lines
+    assert lines[4].startswith("trained 3 epoch(s)") and not any(line.startswith("epoch") for line in lines[4:])
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
     proc = subprocess.Popen([*args, "-o", "t.onnx"], cwd=work, stdin=subprocess.DEVNULL, stderr=slave, env=env)
