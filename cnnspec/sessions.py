@@ -38,11 +38,16 @@ def resolve_device(device: str) -> str:
 
 
 def make_session(
-    model: bytes, device: str = "cpu", threads: int | None = None, config: dict[str, str] | None = None
+    model: bytes,
+    device: str = "cpu",
+    threads: int | None = None,
+    config: dict[str, str] | None = None,
+    device_id: int = 0,
 ) -> Any:
     """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
 
     ORT_ENABLE_ALL turns on the layout pass (NCHWc blocked Conv kernels on x86) and Conv+activation fusions.
+    `device_id` picks the GPU (default 0).
     NOTE: onnxruntime falls back to the CPU with only a log warning when CUDA cannot start, so the providers the
     session really got are checked: `cuda` never silently runs on the CPU.
     """
@@ -57,7 +62,9 @@ def make_session(
     options.log_severity_level = 3  # errors only: warnings must not leak into `run --json` pipelines
     for key, value in (config or {}).items():  # session config entries (training turns off spinning)
         options.add_session_config_entry(key, value)
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    providers: list[Any] = [CUDA, CPU] if device == "cuda" else [CPU]
+    if device == "cuda" and device_id:  # one GPU per process in data-parallel training (its LOCAL_RANK)
+        providers[0] = (CUDA, {"device_id": str(device_id)})
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/RuntimeException types

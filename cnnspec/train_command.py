@@ -59,15 +59,28 @@ def train_command(
     for path in (output, metrics_json, export_train_step):
         if path is not None:
             check_output_path(path, not_same_as=[spec_path, data])
+    launch = _launch_env()
+    if launch is not None and backend != "native":
+        raise UsageError("data-parallel training (torchrun) runs the native backend only; drop --backend")
+    lead = launch is None or launch.rank == 0  # under torchrun, rank 0 alone writes files
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
     device = resolve_device(device)
-    if export_train_step is not None:
+    if export_train_step is not None and lead:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
     train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
-    if backend == "ort-training":
+    if launch is not None:
+        from .training.distributed import train_distributed
+
+        result = train_distributed(
+            launch, spec, train, held, settings, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
+            threads=threads, progress=True,
+        )  # fmt: skip
+        if not lead:
+            return result
+    elif backend == "ort-training":
         result = _ort_backend().train_model(
             spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
             progress=True,
@@ -100,3 +113,10 @@ def _ort_backend():
             f"--backend ort-training is not available in this install ({exc}); use --backend native"
         ) from None
     return ort_backend
+
+
+def _launch_env():
+    """torchrun's variables when this is one rank of several (training/distributed.py), else None."""
+    from .training.distributed import launch_env
+
+    return launch_env()

@@ -60,6 +60,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.training",
             "cnnspec.training.autodiff",
             "cnnspec.training.checkpoints",
+            "cnnspec.training.distributed",
             "cnnspec.training.loop",
             "cnnspec.training.losses",
             "cnnspec.training.native",
@@ -69,6 +70,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.training.ort_rewrites",
             "cnnspec.training.program",
             "cnnspec.training.runner",
+            "cnnspec.training.staged",
             "cnnspec.training.trainer",
         },
     ),
@@ -258,8 +260,12 @@ def test_the_spec_side_imports_no_heavy_runtime():
 
 
 def test_onnxruntime_is_imported_only_where_models_run():
-    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py"}
+    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/staged.py", "training/ort_artifacts.py"}
     assert modules_importing("onnxruntime") <= allowed
+
+
+def test_torch_lives_only_in_the_distributed_runner():
+    assert modules_importing("torch") <= {"training/distributed.py"}
 
 
 def test_typer_lives_only_in_the_cli():
