@@ -26,7 +26,7 @@ from cnnspec.spec import spec_from_data
 from cnnspec.training.loop import dropout_masks
 from cnnspec.training.program import build_train_step
 from cnnspec.training.runner import StepRunner
-from cnnspec.training.staged import LocalComm, StagedStepRunner, build_staged, rank_slice
+from cnnspec.training.staged import LocalComm, ShardedStagedRunner, StagedStepRunner, build_staged, rank_slice
 from cnnspec.training.trainer import resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,12 @@ def spec_text(optimizer: str) -> str:
     return SPEC.replace("OPT", optimizer)
 
 
+@pytest.mark.parametrize("shards", [1, 3])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_staged_step_equals_the_one_session_step(optimizer):
-    """One rank on its own runs the staged program (3 all-reduces per BatchNormalization) as the fused step."""
+def test_staged_step_equals_the_one_session_step(optimizer, shards):
+    """One rank on its own, and 3 shards on threads summing their batch statistics between the stages (what a
+    multi-core CPU runs for a net with BatchNormalization), run the staged program (3 all-reduces per
+    BatchNormalization) as the fused step."""
     import yaml
 
     spec = spec_from_data(yaml.safe_load(spec_text(optimizer)))
@@ -69,7 +72,11 @@ def test_staged_step_equals_the_one_session_step(optimizer):
     fused = build_train_step(spec, report, settings.optimizer, serial=True)
     params = initial_params(spec, report, 0)
     state = settings.optimizer.initial_state({p: params[p] for p in fused.trainable})
-    runners = [StagedStepRunner(staged, settings.optimizer, LocalComm(), 1), StepRunner(fused, "cpu", 1)]
+    if shards == 1:
+        ours = StagedStepRunner(staged, settings.optimizer, LocalComm(), 1)
+    else:
+        ours = ShardedStagedRunner(staged, settings.optimizer, shards, shards)
+    runners = [ours, StepRunner(fused, "cpu", 1)]
     for runner in runners:
         runner.load(params, state)
     rng = np.random.default_rng(1)
