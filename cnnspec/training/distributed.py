@@ -86,7 +86,10 @@ class TorchComm:
         self.step = -1
 
     def buffer(self, size: int) -> Any:
-        return self.torch.zeros(size, dtype=self.torch.float32, device=self._where)
+        buffer = self.torch.zeros(size, dtype=self.torch.float32, device=self._where)
+        if self.device[0] == "cuda":  # zeroed before onnxruntime, on its own stream, writes into it
+            self.torch.cuda.synchronize()
+        return buffer
 
     def pointer(self, buffer: Any) -> int:
         return buffer.data_ptr()
