@@ -70,6 +70,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.training.ort_rewrites",
             "cnnspec.training.program",
             "cnnspec.training.runner",
+            "cnnspec.training.shards",
             "cnnspec.training.staged",
             "cnnspec.training.trainer",
         },

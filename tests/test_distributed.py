@@ -26,7 +26,8 @@ from cnnspec.spec import spec_from_data
 from cnnspec.training.loop import dropout_masks
 from cnnspec.training.program import build_train_step
 from cnnspec.training.runner import StepRunner
-from cnnspec.training.staged import LocalComm, ShardedStagedRunner, StagedStepRunner, build_staged, rank_slice
+from cnnspec.training.shards import ShardedStagedRunner
+from cnnspec.training.staged import LocalComm, StagedStepRunner, build_staged, rank_slice
 from cnnspec.training.trainer import resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -484,7 +484,7 @@ def test_shard_count():
 
 def test_step_runner_picks_shards_and_serial_programs():
     from cnnspec.training.runner import ShardedStepRunner, StepRunner
-    from cnnspec.training.staged import ShardedStagedRunner
+    from cnnspec.training.shards import ShardedStagedRunner
     from cnnspec.training.trainer import step_runner
 
     def pick(net, threads, batch):

@@ -133,7 +133,8 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     cores = threads or cpu_cores()
     synced = shard_count(device, threads, settings.batch_size, False) if report.mixes_batch else 1
     if synced > 1:
-        from .staged import ShardedStagedRunner, build_staged
+        from .shards import ShardedStagedRunner
+        from .staged import build_staged
 
         staged = build_staged(spec, report, optimizer, smoothing, device, serial=cores // synced == 1)
         return staged.program, ShardedStagedRunner(staged, optimizer, synced, cores)
