@@ -189,31 +189,36 @@ def train_distributed(
 
 def _shared_start(stack: ExitStack, comm: TorchComm, start, checkpoint_dir, resume, log, lead):
     """Rank 0 opens the checkpoint folder (lock, --resume, fingerprint) and broadcasts the start state, or its
-    error, to every rank."""
+    error, to every rank; a rank whose spec, settings or data differ from rank 0's (the fingerprint) stops."""
     from ..compiler import initial_params
     from .checkpoints import CheckpointDir, TrainState
     from .trainer import _start_state, fingerprint
 
     spec, report, settings, train, trainable = start
+    key = fingerprint(spec, settings, train)
     ckpt, message = None, [None]
     if lead:
         try:
             ckpt = stack.enter_context(CheckpointDir(checkpoint_dir)) if checkpoint_dir else None
-            state = _start_state(ckpt, resume, fingerprint(spec, settings, train), log or _stderr)
+            state = _start_state(ckpt, resume, key, log or _stderr)
             if state is None:
                 params = initial_params(spec, report, settings.seed)
-                opt = settings.optimizer.initial_state({p: params[p] for p in trainable})
-                state = TrainState(params, opt)
-                state.fingerprint, state.seed = fingerprint(spec, settings, train), settings.seed
+                state = TrainState(params, settings.optimizer.initial_state({p: params[p] for p in trainable}))
+                state.fingerprint, state.seed = key, settings.seed
             message = [("state", state)]
         except CnnspecError as exc:
-            message = [("error", (type(exc).__name__, str(exc)))]
+            message = [("error", str(exc))]
             comm.dist.broadcast_object_list(message, src=0)
             raise
     comm.dist.broadcast_object_list(message, src=0)
     kind, value = message[0]
     if kind == "error":
-        raise CnnspecError(f"rank {comm.rank}: rank 0 could not start: {value[1]}")
+        raise CnnspecError(f"rank {comm.rank}: rank 0 could not start: {value}")
+    if value.fingerprint != key:
+        raise CnnspecError(
+            f"rank {comm.rank}: its spec, data or settings differ from rank 0's; every rank must train on the "
+            "same files with the same options"
+        )
     return ckpt, value
 
 
