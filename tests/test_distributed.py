@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -202,3 +203,18 @@ def test_a_killed_rank_fails_the_job_and_resume_continues(folder):
     alone = run(train_args(folder, "m1.onnx", "--checkpoint-dir", str(folder / "ckpt1"), "--resume"), None)
     assert alone.returncode == 0, alone.stderr
     assert_same_weights(folder / "m1.onnx", folder / "one.onnx")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_the_nccl_path_on_one_gpu_trains_the_cpu_model(folder):
+    """CNNSPEC_DISTRIBUTED=1 runs the data-parallel path with one rank: NCCL, the all-reduced buffers as torch
+    tensors on the GPU bound into onnxruntime's CUDA sessions; the weights are the CPU run's within 1e-4."""
+    (folder / "spec.yaml").write_text(spec_text("sgd"))
+    cpu = run(train_args(folder, "cpu.onnx"), None)
+    assert cpu.returncode == 0, cpu.stderr
+    gpu = run([*train_args(folder, "gpu.onnx"), "--device", "cuda"], 1, {"CNNSPEC_DISTRIBUTED": "1"})
+    assert gpu.returncode == 0, gpu.stderr
+    a, b = weights(folder / "gpu.onnx"), weights(folder / "cpu.onnx")
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4, err_msg=name)

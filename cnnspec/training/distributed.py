@@ -48,11 +48,12 @@ class LaunchEnv:
 
 
 def launch_env() -> LaunchEnv | None:
-    """The torchrun variables when this process is one of several ranks; None for a plain run (or a world of 1)."""
+    """The torchrun variables when this process is one of several ranks; None for a plain run (or a world of 1,
+    unless CNNSPEC_DISTRIBUTED=1 asks for the data-parallel path anyway: a check of it on one GPU)."""
     env = os.environ
     try:
         world = int(env.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if world <= 1 and not ("WORLD_SIZE" in env and env.get("CNNSPEC_DISTRIBUTED") == "1"):
             return None
         rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
         local_world = int(env.get("LOCAL_WORLD_SIZE", world))
