@@ -126,6 +126,11 @@ def split_stages(model: onnx.ModelProto, sync: SyncPoints) -> list[Stage]:
         late = [t for t in c.local if stage_of[t] > j]
         if late:
             raise ValueError(f"all-reduce {j} needs {late}, which depends on a later all-reduce")
+    # a local sum's buffer holds the total after its all-reduce: only its own stage may read the local value
+    local = {t for c in sync.collectives for t in c.local}
+    for node, k in zip(graph.node, node_stage, strict=True):
+        if any(t in local and stage_of[t] < k for t in node.input):
+            raise ValueError(f"{node.name} reads a local sum after its all-reduce")
     finals = {o.name for o in graph.output}
     wanted: dict[int, set[str]] = {}  # tensors a stage must hand on: read later, graph outputs, all-reduced
     for node, k in zip(graph.node, node_stage, strict=True):
