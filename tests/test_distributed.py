@@ -192,8 +192,12 @@ def test_a_killed_rank_fails_the_job_and_resume_continues(folder):
         train_args(folder, "m.onnx", "--checkpoint-dir", str(ckpt)), 2, {"CNNSPEC_TEST_HOOK": "kill_rank1_step4"}
     )
     assert killed.returncode != 0
-    assert "rank 0: a collective failed at step 5" in killed.stderr
     assert "rank      : 1" in killed.stderr and "SIGKILL" in killed.stderr  # torchrun's summary: the root cause
+    # rank 0 fails at its next all-reduce, unless torchrun's SIGTERM (it stops the job once a worker has died)
+    # reaches it first: a race on a loaded machine, both clean
+    ours = "rank 0: a collective failed at step 5" in killed.stderr
+    assert ours or "rank      : 0 (local_rank: 0)\n  exitcode  : -15" in killed.stderr, killed.stderr
+    assert f'File "{ROOT / "cnnspec"}' not in killed.stderr  # the only traceback is torchrun's own
     assert not (folder / "m.onnx").exists()
     shutil.copytree(ckpt, folder / "ckpt1")
     resumed = run(train_args(folder, "m.onnx", "--checkpoint-dir", str(ckpt), "--resume"), 2)

@@ -137,7 +137,10 @@ def process_group(launch: LaunchEnv, device: str) -> Iterator[TorchComm]:
     torch, dist = _torch()
     if device == "cuda":
         torch.cuda.set_device(launch.local_rank)
-    seconds = int(os.environ.get("CNNSPEC_DIST_TIMEOUT", TIMEOUT_S))
+    try:
+        seconds = int(os.environ.get("CNNSPEC_DIST_TIMEOUT", TIMEOUT_S))
+    except ValueError:
+        raise UsageError("CNNSPEC_DIST_TIMEOUT must be a whole number of seconds") from None
     try:
         dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timedelta(seconds=seconds))
     except Exception as exc:  # noqa: BLE001
