@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT" /tmp/parts /tmp/site
 export PYTHONUNBUFFERED=1
 
-STEPS=${STEPS:-"machine cuda-tests train-cuda digits-cuda inference-cuda precision-cuda train-cpu"}  # a subset reruns fewer
+STEPS=${STEPS:-"machine cuda-tests train-cuda distributed-cuda digits-cuda inference-cuda precision-cuda train-cpu scaling-cpu"}  # a subset reruns fewer
 
 step() {  # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.log, report the exit status and time
     local name=$1 limit=$2 start=$SECONDS
@@ -34,7 +34,10 @@ step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version
   python3 -c "import onnxruntime as o, torch; print(o.__version__, o.get_available_providers(), torch.__version__)"'
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cudagraph.py \
   tests/test_training.py::test_cuda_matches_cpu
-step train-cuda 120 python3 benchmarks/bench_training.py --device cuda --seconds 2 --rounds 2
+step train-cuda 420 python3 benchmarks/bench_training.py --device cuda --seconds 2 --rounds 1 --batch-size 64,256,1024
+step distributed-cuda 120 python3 -m pytest -q -p no:cacheprovider tests/test_distributed.py -k nccl
+step scaling-cpu 300 python3 benchmarks/bench_scaling.py --processes 1,2,4 --threads-per-process 4 --images 8192 \
+  specs/seed.yaml
 step digits-cuda 90 bash -c 'python3 examples/digits_data.py /tmp/digits > /dev/null &&
   time python3 -m cnnspec train specs/digits.yaml --data /tmp/digits/train.npz -o /tmp/digits.onnx --device cuda &&
   python3 -m cnnspec evaluate /tmp/digits.onnx --data /tmp/digits/test.npz --device cuda | head -n 1 &&

@@ -24,6 +24,9 @@ class GraphBuilder:
         self.serial = False
         """The graph runs in a session with ONE intra-op thread, which allows ScatterND(reduction='add')
         with repeated indices (onnxruntime's kernel splits the rows among its threads without locks)."""
+        self.sync: Any = None
+        """Data-parallel training (training/staged.py's SyncPoints): batch statistics and the loss's mean are
+        taken over the global batch of all ranks; None (every other graph): over the tensor's own batch."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._taken: set[str] = set()

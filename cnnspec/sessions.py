@@ -73,10 +73,12 @@ def make_session(
     threads: int | None = None,
     config: dict[str, str] | None = None,
     cuda_graph: bool = False,
+    device_id: int = 0,
 ) -> Any:
     """An onnxruntime session tuned for inference; the only place in cnnspec that creates one.
 
     ORT_ENABLE_ALL turns on the layout pass (NCHWc blocked Conv kernels on x86) and Conv+activation fusions.
+    `device_id` picks the GPU (default 0).
     NOTE: onnxruntime falls back to the CPU with only a log warning when CUDA cannot start, so the providers the
     session really got are checked: `cuda` never silently runs on the CPU.
     """
@@ -92,8 +94,10 @@ def make_session(
     for key, value in (config or {}).items():  # session config entries (training turns off spinning)
         options.add_session_config_entry(key, value)
     providers: list[Any] = [CUDA, CPU] if device == "cuda" else [CPU]
-    if device == "cuda" and cuda_graph:  # cudagraph.py binds fixed buffers and picks a graph per batch size
-        providers[0] = (CUDA, cuda_provider_options(cuda_graph=True))
+    if device == "cuda" and (cuda_graph or device_id):
+        # cudagraph.py binds fixed buffers and picks a graph per batch size; data-parallel training puts one
+        # process on each GPU (its LOCAL_RANK)
+        providers[0] = (CUDA, {**cuda_provider_options(cuda_graph), "device_id": str(device_id)})
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/RuntimeException types

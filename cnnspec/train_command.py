@@ -79,11 +79,17 @@ def train_command(
         from . import viz
 
         plots = viz.plot_dir(plots)  # before the work: matplotlib may be missing
+    launch = _launch_env()
+    if launch is not None and backend != "native":
+        raise UsageError("data-parallel training (torchrun) runs the native backend only; drop --backend")
+    if launch is not None and init_from is not None:
+        raise UsageError("--init-from is not supported in data-parallel training (torchrun) yet; drop it there")
+    lead = launch is None or launch.rank == 0  # under torchrun, rank 0 alone writes files
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
     device = resolve_device(device)
-    if export_train_step is not None:
+    if export_train_step is not None and lead:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
     on_epoch = None
@@ -101,10 +107,13 @@ def train_command(
     train, held = load_data(spec, report.classes, data, val, settings, skip_bad_images)
     try:
         result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads,
-                        init, on_epoch)  # fmt: skip
+                        init, on_epoch, launch)  # fmt: skip
     except TrainingInterrupted as stop:
-        _keep_interrupted(stop, spec, report, output, settings.epochs)
+        if lead:
+            _keep_interrupted(stop, spec, report, output, settings.epochs)
         raise
+    if not lead:
+        return result
     atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
     if plots is not None:
         _final_plots(plots, output, held, result.history)
@@ -155,9 +164,16 @@ def _keep_interrupted(stop: TrainingInterrupted, spec: Spec, report, output: Pat
 
 
 def _train(
-    spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads, init, on_epoch
+    spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads, init, on_epoch, launch
 ) -> Result:
-    if backend == "ort-training":
+    if launch is not None:  # one rank of a torchrun job (training/distributed.py)
+        from .training.distributed import train_distributed
+
+        result = train_distributed(
+            launch, spec, train, held, settings, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
+            threads=threads, progress=True,
+        )  # fmt: skip
+    elif backend == "ort-training":
         result = _ort_backend().train_model(
             spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
             progress=True,
@@ -204,3 +220,10 @@ def _ort_backend():
             f"--backend ort-training is not available in this install ({exc}); use --backend native"
         ) from None
     return ort_backend
+
+
+def _launch_env():
+    """torchrun's variables when this is one rank of several (training/distributed.py), else None."""
+    from .training.distributed import launch_env
+
+    return launch_env()

@@ -64,6 +64,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.training",
             "cnnspec.training.autodiff",
             "cnnspec.training.checkpoints",
+            "cnnspec.training.distributed",
             "cnnspec.training.loop",
             "cnnspec.training.losses",
             "cnnspec.training.native",
@@ -73,6 +74,8 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.training.ort_rewrites",
             "cnnspec.training.program",
             "cnnspec.training.runner",
+            "cnnspec.training.shards",
+            "cnnspec.training.staged",
             "cnnspec.training.trainer",
         },
     ),
@@ -302,12 +305,17 @@ def test_the_spec_side_imports_no_heavy_runtime():
 
 def test_onnxruntime_is_imported_only_where_models_run():
     # doctor.py checks onnxruntime itself: its distribution, providers and a CUDA-only session
-    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/ort_artifacts.py", "doctor.py"}
+    allowed = {"sessions.py", "runtime.py", "training/runner.py", "training/staged.py", "training/ort_artifacts.py"}
+    allowed.add("doctor.py")
     # onnxruntime's own quantization and float16 tools, used by `export` (they run the model to calibrate)
     allowed |= {"export/source.py", "export/quantize.py", "export/half.py"}
     allowed.add("cudagraph.py")  # IOBinding buffers and run options for CUDA graphs
     allowed.add("serving/models.py")  # one shared session per served model
     assert modules_importing("onnxruntime") <= allowed
+
+
+def test_torch_lives_only_in_the_distributed_runner():
+    assert modules_importing("torch") <= {"training/distributed.py"}
 
 
 def test_typer_lives_only_in_the_cli():

@@ -267,7 +267,8 @@ AUGMENTED = NET | {  # the augmentation layers run in the input pipeline: draws 
     ]
 }
 
-# One session (NET: BatchNormalization mixes the batch) and two shards side by side (SHARDED, 2 threads).
+# BatchNormalization nets with the default threads (one session on a 1-core machine, else shards that sum their
+# batch statistics between stages) and two shards side by side (SHARDED, 2 threads).
 RUNS = pytest.mark.parametrize(
     "run",
     [{"net": NET}, {"net": SHARDED, "threads": 2, "batch_size": 32}, {"net": RESIDUAL_BN},
@@ -285,12 +286,15 @@ def test_same_seed_same_weights_bit_for_bit(run):
 
 @RUNS
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, run):
-    from cnnspec.training import runner
 
-    kind = runner.ShardedStepRunner if "threads" in run else runner.StepRunner
+    from cnnspec.training.trainer import step_runner
+
+    spec = spec_from_data(run["net"])
+    settings = resolve_settings(spec, batch_size=run.get("batch_size"))
+    kind = type(step_runner(spec, check(spec), settings, "cpu", run.get("threads"))[1])
     straight = train(**run)
     calls, real_step = {"n": 0}, kind.step
-    interrupt_at = 9 if kind is runner.StepRunner else 5  # mid-epoch 2 (6 or 3 batches per epoch)
+    interrupt_at = 5 if run.get("batch_size") == 32 else 9  # mid-epoch 2 (3 or 6 batches per epoch)
 
     def step(self, *args):
         calls["n"] += 1
@@ -437,8 +441,10 @@ def test_exported_train_step_driven_by_hand_equals_the_loop(net):
         feeds |= dropout_masks(program, settings.seed, epoch, 0, 96)
         got = dict(zip(names, session.run(None, values | feeds), strict=True))
         values = {k: got[new(k)] for k in values}
+    # NOTE: on a multi-core CPU the loop runs these BatchNormalization nets as shards (staged.ShardedStagedRunner),
+    # whose sums run in another order than the fused program's: rounding, hence atol 1e-6 (1e-7 in one session)
     for k in looped.params:
-        np.testing.assert_allclose(values[k], looped.params[k], rtol=1e-6, atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(values[k], looped.params[k], rtol=1e-6, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("net", [SHARDED, RESIDUAL], ids=["chain", "graph"])
@@ -488,6 +494,7 @@ def test_shard_count():
 
 def test_step_runner_picks_shards_and_serial_programs():
     from cnnspec.training.runner import ShardedStepRunner, StepRunner
+    from cnnspec.training.shards import ShardedStagedRunner
     from cnnspec.training.trainer import step_runner
 
     def pick(net, threads, batch):
@@ -500,7 +507,9 @@ def test_step_runner_picks_shards_and_serial_programs():
     assert pick(SHARDED, 4, 16) == (ShardedStepRunner, False, 2)  # two threads per shard
     assert pick(SHARDED, 1, 32) == (StepRunner, True, 1)
     assert pick(SHARDED, 2, 8) == (StepRunner, False, 1)  # fewer than 2 x MIN_SHARD images
-    assert pick(NET, 2, 32) == (StepRunner, False, 1)  # BatchNormalization needs the whole batch
+    # BatchNormalization: shards whose batch statistics are summed between the stages of the program
+    assert pick(NET, 2, 32) == (ShardedStagedRunner, True, 2)
+    assert pick(NET, 2, 8) == (StepRunner, False, 1)
     with pytest.raises(ValueError, match="serial"):
         spec = spec_from_data(SHARDED)
         StepRunner(build_train_step(spec, check(spec), Optimizer(), serial=True), threads=2)

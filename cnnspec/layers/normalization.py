@@ -88,9 +88,12 @@ class BatchNormalization(Layer):
 
         scope, c, axes = ctx.name, ctx.in_shape[-1], channel_axes(ctx.in_shape)
         bshape = ints(g, scope, [c, 1, 1] if len(ctx.in_shape) == 3 else [c])  # broadcast against x
-        mean = reduce_mean(g, x, axes, scope)
-        xc = g.op("Sub", [x, mean], scope)
-        var = reduce_mean(g, g.op("Mul", [xc, xc], scope), axes, scope)
+        if g.sync is not None:
+            mean, xc, var = self._synced_statistics(g, x, ctx)
+        else:
+            mean = reduce_mean(g, x, axes, scope)
+            xc = g.op("Sub", [x, mean], scope)
+            var = reduce_mean(g, g.op("Mul", [xc, xc], scope), axes, scope)
         eps = g.constant(scope, self.epsilon)
         inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, eps], scope)], scope)], scope)
         xhat = g.op("Mul", [xc, inv], scope)
@@ -104,12 +107,33 @@ class BatchNormalization(Layer):
         ctx.saved.update(x=x, y=y, xhat=xhat, inv=inv, gamma=g.op("Reshape", [gamma, bshape], scope))
         return y
 
+    def _synced_statistics(self, g: GraphBuilder, x: str, ctx: Lowering) -> tuple[str, str, str]:
+        """Sync BN (data-parallel training, g.sync set): the same two passes over the global batch of all ranks.
+
+        mean = Σ_ranks S[x] / M, var = Σ_ranks S[(x - mean)²] / M, with the local per-channel sums S and
+        M = global batch · H · W: two all-reduces of C values each, and the statistics equal one process's.
+        """
+        from .gradients import channel_axes, reduce_sum
+
+        scope, shape, axes = ctx.name, ctx.in_shape, channel_axes(ctx.in_shape)
+        kept = (1, shape[-1], 1, 1) if len(shape) == 3 else (1, shape[-1])
+        count = g.sync.count(g, scope, shape[0] * shape[1] if len(shape) == 3 else 1)
+        (total,) = g.sync.all_reduce(g, [reduce_sum(g, x, axes, scope, keepdims=1)], kept, scope)
+        mean = g.op("Div", [total, count], scope)
+        xc = g.op("Sub", [x, mean], scope)
+        squares = reduce_sum(g, g.op("Mul", [xc, xc], scope), axes, scope, keepdims=1)
+        (spread,) = g.sync.all_reduce(g, [squares], kept, scope)
+        ctx.saved["count"] = count
+        return mean, xc, g.op("Div", [spread, count], scope)
+
     def backward(self, g: GraphBuilder, dy: str, ctx: Lowering) -> tuple[str | None, dict[str, str]]:
         """Training-mode batch norm, with sums S over the batch (and H, W) axes, m values per channel:
 
         dβ = S[dy],  dγ = S[dy ⊙ x̂],  and since the batch mean and variance depend on x too,
         dx = γ/√(var + ε) · (dy - S[dy]/m - x̂ ⊙ S[dy ⊙ x̂]/m) = a ⊙ dy + c1 ⊙ x̂ + c0, with the
         per-channel a = γ/√(var + ε), c1 = -a S[dy ⊙ x̂]/m, c0 = -a S[dy]/m (4 passes over dy).
+        Sync BN (g.sync set): dγ and dβ stay local (the gradients' all-reduce adds them), while the S in c1
+        and c0 are summed over all ranks (one all-reduce of 2·C values) and m is the global M.
         """
         from .gradients import channel_axes, float_type, ints, reduce_sum
 
@@ -126,6 +150,13 @@ class BatchNormalization(Layer):
         if not ctx.needs_input_grad:
             return None, grads
         a = g.op("Mul", [s["gamma"], s["inv"]], scope) if self.scale else s["inv"]
+        if g.sync is not None:
+            kept = (1, c, 1, 1) if len(ctx.in_shape) == 3 else (1, c)
+            sum_dy, sum_dy_xhat = g.sync.all_reduce(g, [sum_dy, sum_dy_xhat], kept, scope)
+            k = g.op("Neg", [g.op("Div", [a, s["count"]], scope)], scope)
+            c1, c0 = g.op("Mul", [k, sum_dy_xhat], scope), g.op("Mul", [k, sum_dy], scope)
+            dx = g.op("Add", [g.op("Mul", [dy, a], scope), g.op("Mul", [s["xhat"], c1], scope)], scope)
+            return g.op("Add", [dx, c0], scope), grads
         per_channel = g.op("Cast", [g.op("Size", [dy], scope)], scope, to=float_type(g))  # m·C
         k = g.op(
             "Neg", [g.op("Div", [g.op("Mul", [a, g.constant(scope, float(c))], scope), per_channel], scope)], scope

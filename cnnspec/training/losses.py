@@ -38,9 +38,13 @@ def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoot
     target = g.op("OneHot", [labels, depth, values], SCOPE, axis=-1)
     logp = g.op("LogSoftmax", [logits], SCOPE, axis=1)
     per_sample = reduce_sum(g, g.op("Mul", [target, logp], SCOPE), [1], SCOPE)
-    # ReduceMean without axes reduces every axis, in every opset.
-    loss = g.op("Neg", [g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)], SCOPE)
-    batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    if g.sync is not None:  # data-parallel: this rank's share Σ_local / N_global; the ranks' shares add up
+        batch = g.sync.count(g, SCOPE, 1)
+        loss = g.op("Neg", [g.op("Div", [reduce_sum(g, per_sample, [0], SCOPE), batch], SCOPE)], SCOPE)
+    else:
+        # ReduceMean without axes reduces every axis, in every opset.
+        loss = g.op("Neg", [g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)], SCOPE)
+        batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
     dlogits = g.op("Div", [g.op("Sub", [g.op("Exp", [logp], SCOPE), target], SCOPE), batch], SCOPE)
     predicted = g.op("ArgMax", [logits], SCOPE, axis=1, keepdims=0)
     hits = g.op("Cast", [g.op("Equal", [predicted, labels], SCOPE)], SCOPE, to=7)  # 7 = INT64

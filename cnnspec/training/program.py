@@ -12,6 +12,7 @@ The eval program (params..., input, labels) -> (loss, correct) is the inference 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -76,15 +77,18 @@ def build_train_step(
     dtype: type = np.float32,
     device: str = "cpu",
     serial: bool = False,
+    sync: Any = None,
 ) -> Program:
     """The train-step graph; with `gradients_only`, outputs grad.<param> instead of updating.
 
     `device` picks among equivalent formulations: Col2Im and MaxUnpool (faster on onnxruntime's CPU)
     have no CUDA kernel in onnxruntime, so a cuda program uses ConvTranspose and ScatterElements.
     A `serial` program must run with one intra-op thread (GraphBuilder.serial): the runners' shards.
+    `sync` (staged.SyncPoints, data-parallel training) takes batch statistics and the loss's mean over the
+    global batch: its all-reduced sums and the global batch size become extra graph inputs.
     """
     g = GraphBuilder(TRAIN_OPSET, dtype)
-    g.device, g.serial = device, serial
+    g.device, g.serial, g.sync = device, serial, sync
     forward, loss, fused = _forward(g, spec, report, True, smoothing)
     grads = backward(g, report, forward.contexts, loss.dlogits, dy_is_dz=fused)
     params = list(report.param_shapes)
@@ -103,6 +107,8 @@ def build_train_step(
     inputs = _inputs(g, spec, report, program)
     if gradients_only:
         inputs = [i for i in inputs if i.name not in (LR, STEP)]
+    if sync is not None:
+        inputs += sync.inputs()
     program.model = _model(g, spec, inputs, outputs)
     return program
 

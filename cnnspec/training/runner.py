@@ -235,9 +235,9 @@ class ShardedStepRunner:
 class Evaluator:
     """Loss and accuracy of the inference forward (running statistics, no dropout) on a data set."""
 
-    def __init__(self, program: Program, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, program: Program, device: str = "cpu", threads: int | None = None, device_id: int = 0) -> None:
         self.program = program
-        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING)
+        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING, device_id=device_id)
 
     def __call__(self, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
         total, correct = 0.0, 0

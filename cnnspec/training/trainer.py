@@ -164,7 +164,8 @@ def augmentation_layers(spec: Spec) -> list[Any]:
 
 def step_runner(spec: Spec, report, settings: Settings, device: str, threads: int | None):
     """The train-step program and what runs it: on a multi-core CPU, shards of each batch side by side
-    (ShardedStepRunner, with the gradients-only program); else the fused step in one session."""
+    (ShardedStepRunner, with the gradients-only program; with BatchNormalization, ShardedStagedRunner, whose
+    shards sum their batch statistics between stages); else the fused step in one session."""
     from .program import build_train_step
     from .runner import ShardedStepRunner, StepRunner, cpu_cores, shard_count
 
@@ -173,6 +174,13 @@ def step_runner(spec: Spec, report, settings: Settings, device: str, threads: in
     shards = shard_count(device, threads, settings.batch_size, one_session)
     optimizer, smoothing = settings.optimizer, settings.label_smoothing
     cores = threads or cpu_cores()
+    synced = shard_count(device, threads, settings.batch_size, False) if report.mixes_batch else 1
+    if synced > 1:
+        from .shards import ShardedStagedRunner
+        from .staged import build_staged
+
+        staged = build_staged(spec, report, optimizer, smoothing, device, serial=cores // synced == 1)
+        return staged.program, ShardedStagedRunner(staged, optimizer, synced, cores)
     if shards > 1:
         serial = cores // shards == 1  # one thread per shard: the serial formulations are allowed
         program = build_train_step(spec, report, optimizer, smoothing, gradients_only=True, serial=serial)
