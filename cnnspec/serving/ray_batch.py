@@ -12,8 +12,9 @@ The pipeline, one Ray Data dataset streamed end to end:
 
 Actors are restarted when they die and their in-flight batches retried (Ray Data's defaults for actor pools:
 max_restarts=-1, max_task_retries=-1; bounding them needs Ray's deprecated ray_remote_args), so a killed worker
-costs time, not rows; a model that crashes onnxruntime is stopped earlier, by the driver's sandboxed probe. Without --address a local Ray is started (no dashboard, quiet logs) and shut
-down at the end; with it, the driver joins that cluster (local paths must then be visible on every node).
+costs time, not rows; a model that crashes onnxruntime is stopped earlier, by the driver's sandboxed probe.
+Without --address a local Ray is started (no dashboard, quiet logs) and shut down at the end; with it, the
+driver joins that cluster (local paths must then be visible on every node, and cnnspec installed there).
 """
 
 from __future__ import annotations
@@ -180,23 +181,28 @@ def display_path(raw: bytes) -> str:
 
 
 def decode_batch(batch: dict[str, np.ndarray], chw: tuple[int, int, int], resize: str) -> dict[str, np.ndarray]:
-    """{row, source} -> {row, path, pixels [N, C, H, W], error ('' when fine)}; bad files keep zero pixels."""
-    sources = [bytes(s) for s in batch["source"]]
-    local = [i for i, s in enumerate(sources) if not is_uri(os.fsdecode(s))]
+    """{row, source, given} -> {row, path, pixels [N, C, H, W], error ('' when fine)}; bad files keep zero pixels.
+
+    `source` is what the worker opens (local paths made absolute: a worker's cwd is not the driver's), `given` the
+    path as the user typed it, which the row and its error message show, as in `run --json`.
+    """
+    sources = [os.fsdecode(bytes(s)) for s in batch["source"]]
+    given = [os.fsdecode(bytes(s)) for s in batch["given"]]
+    local = [i for i, s in enumerate(sources) if not is_uri(s)]
     decoded = load_images([sources[i] for i in local], chw, resize, workers=1)  # one CPU per decode task
     loaded: dict[int, Any] = dict(zip(local, decoded, strict=True))
     pixels = np.zeros((len(sources), *chw), np.float32)
     errors = []
-    for i, raw in enumerate(sources):
-        arr = loaded[i] if i in loaded else _load_uri(os.fsdecode(raw), chw, resize)
+    for i, source in enumerate(sources):
+        arr = loaded[i] if i in loaded else _load_uri(source, chw, resize)
         if isinstance(arr, ImageError):
-            errors.append(str(arr))
+            errors.append(str(arr).replace(f"'{source}'", f"'{given[i]}'"))
         else:
             pixels[i] = arr
             errors.append("")
-    paths = [display_path(s) for s in sources]
+    paths = [display_path(os.fsencode(g)) for g in given]
     return {"row": batch["row"], "path": np.array(paths, dtype=object), "pixels": pixels,
-            "error": np.array(errors, dtype=object)}  # fmt: skip
+            "error": np.array([display_path(os.fsencode(e)) for e in errors], dtype=object)}  # fmt: skip
 
 
 def _load_uri(uri: str, chw: tuple[int, int, int], resize: str) -> np.ndarray | ImageError:
@@ -318,11 +324,13 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True  # rows come out in input order, as with plain `run`
     step = max(1, job.batch_size * _ROWS_PER_BLOCK_BATCHES)
-    encoded = [os.fsencode(s) for s in sources]
+    given = [os.fsencode(s) for s in sources]
+    opened = [os.fsencode(s if is_uri(s) else os.path.abspath(s)) for s in sources]
     blocks = [
-        pa.table({"row": pa.array(range(i, min(i + step, len(encoded))), pa.int64()),
-                  "source": pa.array(encoded[i : i + step], pa.binary())})
-        for i in range(0, len(encoded), step)
+        pa.table({"row": pa.array(range(i, min(i + step, len(given))), pa.int64()),
+                  "source": pa.array(opened[i : i + step], pa.binary()),
+                  "given": pa.array(given[i : i + step], pa.binary())})
+        for i in range(0, len(given), step)
     ]  # fmt: skip
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"chw": chw, "resize": job.resize}, batch_size=job.batch_size,
