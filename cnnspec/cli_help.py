@@ -62,8 +62,7 @@ EXAMPLES: dict[str, list[str]] = {
     "inspect": ["cnnspec inspect seed.onnx", "cnnspec inspect seed.onnx --json"],
     "export-artifacts": ["cnnspec export-artifacts specs/digits.yaml artifacts/"],
     "run": [
-        "cnnspec run digits.onnx one.png photos/",
-        "cnnspec run digits.onnx 'scans/*.png' --top-k 1 --json",
+        "cnnspec run digits.onnx one.png 'scans/*.png' --top-k 1 --json",
         "cnnspec run digits.onnx photos/ s3://bucket/scans/ --engine ray -o preds.parquet --concurrency 4",
     ],
     "evaluate": ["cnnspec evaluate digits.onnx --data test.npz", "cnnspec evaluate digits.onnx --data images/ --json"],
