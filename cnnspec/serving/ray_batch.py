@@ -47,7 +47,7 @@ class RayJob:
 
     output: Path
     address: str | None = None
-    concurrency: int | None = None  # actors; default: half the cluster's CPUs / threads, at least 1
+    concurrency: int | None = None  # actors; default: default_concurrency()
     gpus_per_worker: float = 0.0
     threads: int = 1  # CPUs (and onnxruntime threads) per actor
     batch_size: int = 64
@@ -335,7 +335,7 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"chw": chw, "resize": job.resize}, batch_size=job.batch_size,
                         batch_format="numpy", num_cpus=1)  # fmt: skip
-    size = job.concurrency or max(1, int(ray.cluster_resources().get("CPU", 2)) // (2 * job.threads))
+    size = job.concurrency or default_concurrency(ray.cluster_resources(), job)
     ds = ds.map_batches(
         ClassifyActor,
         fn_constructor_kwargs={"model": model, "device": device, "threads": job.threads, "job": job,
@@ -345,6 +345,19 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
         num_cpus=job.threads, num_gpus=job.gpus_per_worker or None,
     )  # fmt: skip
     return _write(ds.iter_batches(batch_format="pyarrow", batch_size=None), job.output, fmt)
+
+
+def default_concurrency(resources: dict[str, float], job: RayJob) -> int:
+    """Actors when --concurrency is not given: every GPU's share, or every CPU.
+
+    NOTE: on CPU the decode tasks and the actors ask for the same resources, so Ray Data fuses the two stages:
+    each actor decodes and classifies its own batches (no pixel copies through the object store) and one actor
+    per `threads` CPUs keeps every core busy. With --gpus-per-worker they stay apart: decode tasks on the CPUs,
+    classification on the GPU actors.
+    """
+    if job.gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) / job.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1)) // job.threads)
 
 
 def _write(batches: Iterator[Any], output: Path, fmt: Format) -> Summary:
