@@ -146,7 +146,7 @@ def model(tmp_path_factory) -> Path:
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
@@ -205,6 +205,17 @@ def test_file_uri_folder_is_read_through_pyarrow(local_ray, model, tmp_path):
     by_name = {Path(r["path"]).name: r for r in rows}
     assert by_name[paths[0].name]["path"] == paths[0].as_uri()
     assert by_name["text.png"]["error"] and not by_name[paths[0].name]["error"]
+
+
+@pytest.mark.extended
+def test_gpus_the_local_ray_lacks_are_refused_before_any_work(local_ray, model, tmp_path):
+    from cnnspec.serving.ray_batch import run_ray
+
+    write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "preds.parquet"
+    with pytest.raises(CnnspecError, match="--gpus-per-worker 1: the local Ray has 0 GPU"):
+        run_ray(model, [str(tmp_path / "imgs")], RayJob(output=out, gpus_per_worker=1))
+    assert not out.exists() and not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
 
 
 @pytest.mark.extended

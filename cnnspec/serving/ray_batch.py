@@ -335,7 +335,12 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"chw": chw, "resize": job.resize}, batch_size=job.batch_size,
                         batch_format="numpy", num_cpus=1)  # fmt: skip
-    size = job.concurrency or default_concurrency(ray.cluster_resources(), job)
+    resources = ray.cluster_resources()
+    if job.address is None and job.gpus_per_worker > resources.get("GPU", 0):
+        # A cluster may add GPU nodes on demand; a local Ray never will, and Ray Data would wait for them forever.
+        raise CnnspecError(f"--gpus-per-worker {job.gpus_per_worker:g}: the local Ray has "
+                           f"{resources.get('GPU', 0):g} GPU(s)")  # fmt: skip
+    size = job.concurrency or default_concurrency(resources, job)
     ds = ds.map_batches(
         ClassifyActor,
         fn_constructor_kwargs={"model": model, "device": device, "threads": job.threads, "job": job,
@@ -344,7 +349,11 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=job.threads, num_gpus=job.gpus_per_worker or None,
     )  # fmt: skip
-    return _write(ds.iter_batches(batch_format="pyarrow", batch_size=None), job.output, fmt)
+    try:
+        return _write(ds.iter_batches(batch_format="pyarrow", batch_size=None), job.output, fmt)
+    except ray.exceptions.RayError as exc:  # e.g. no node can hold an actor; the output is left as it was
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CnnspecError(f"the Ray job failed: {first}") from None
 
 
 def default_concurrency(resources: dict[str, float], job: RayJob) -> int:
