@@ -7,6 +7,7 @@ atomicity); the end-to-end checks share one local Ray (2 CPUs) and are `extended
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,39 @@ def test_cli_starts_its_own_local_ray(model, tmp_path):
     assert "wrote 53 row(s)" in err and "3 of 53 image(s) could not be classified" in err
     assert_no_traceback(out, err)
     assert_same_predictions(read_rows(tmp_path / "p.parquet"), reference)
+
+
+@pytest.mark.extended
+def test_cli_output_appears_only_at_the_rename(model, tmp_path):
+    # CNNSPEC_TEST_HOOK pauses the writer between the complete temp file and the rename: the old output is still
+    # what readers see, the temp file already holds every row; Ctrl-C there leaves the old file and no temp.
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import default_sigint
+
+    write_images(tmp_path / "imgs", 30, seed=4)
+    out = tmp_path / "p.jsonl"
+    out.write_text("old\n")
+    env = {**os.environ, "CNNSPEC_TEST_HOOK": "pause_before_replace"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnspec", "run", model, "imgs", "--engine", "ray", "-o", out.name,
+                             "--concurrency", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
+    try:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if "paused before replace" in line:
+                break
+        else:
+            pytest.fail(f"the writer never reached the rename (exit {proc.wait()})")
+        assert out.read_text() == "old\n"
+        (temp,) = tmp_path.glob(f".p.jsonl.*{TEMP_SUFFIX}")
+        assert len([json.loads(line) for line in temp.read_text().splitlines()]) == 33
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.read_text() == "old\n"
+    assert not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
