@@ -16,6 +16,8 @@ _LAZY = {
     "analyze": "cnnspec.analysis",
     "compile_spec": "cnnspec.compiler",
     "Classifier": "cnnspec.runtime",
+    "compile_to_file": "cnnspec.compiler",
+    "train": "cnnspec.train_command",
 }
 
 

@@ -51,6 +51,8 @@ class LayerReport:
         return {key: param_name(self.name, key) for key in self.param_shapes}
 
     def trainable_keys(self) -> list[str]:
+        if self.layer is not None and self.layer.frozen:
+            return []
         return [k for k in self.param_shapes if self.layer is None or k not in self.layer.non_trainable]
 
 
@@ -85,9 +87,21 @@ class Report:
         return self.layers[-1].output_shape if self.layers else self.spec.input_shape
 
     @property
+    def binary(self) -> bool:
+        """Keras's binary head: one unit with a sigmoid (probability of the second class), trained with binary
+        cross-entropy; it still classifies into 2 classes (labels from the two folders)."""
+        last = self.layers[-1].layer if self.layers else None
+        return self.output_shape == (1,) and getattr(last, "activation", None) == "sigmoid"
+
+    @property
+    def classes(self) -> int:
+        """How many classes the network tells apart: its output size, or 2 for a binary head."""
+        return 2 if self.binary else self.output_shape[0]
+
+    @property
     def labels(self) -> list[str]:
         """The class names: the spec's, or "0", "1", ... ."""
-        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.output_shape[0])]
+        return list(self.spec.labels) if self.spec.labels else [str(i) for i in range(self.classes)]
 
     @property
     def param_shapes(self) -> dict[str, Shape]:
@@ -101,7 +115,12 @@ class Report:
     @property
     def mixes_batch(self) -> bool:
         """Some layer's training forward mixes the samples of a batch (BatchNormalization)."""
-        return any(r.layer is not None and r.layer.mixes_batch for r in self.layers)
+        return any(r.layer is not None and r.layer.mixes_batch and not r.layer.frozen for r in self.layers)
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """Layers with parameters that `trainable: false` freezes."""
+        return [r.name for r in self.layers if r.layer is not None and r.layer.frozen and r.params]
 
 
 Field = tuple[tuple[int, int], tuple[int, int]]
@@ -123,7 +142,7 @@ def _layer_report(node: Node, shapes: tuple[Shape, ...], fields: list[Field]) ->
     out = layer.infer_shape(shapes)
     params = layer.param_shapes(shape)
     count = sum(numel(s) for s in params.values())
-    trainable = sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
+    trainable = 0 if layer.frozen else sum(numel(s) for k, s in params.items() if k not in layer.non_trainable)
     # Across branches the receptive field is the largest over the paths (and the coarsest jump).
     rf = [max(f[0][a] for f in fields) for a in (0, 1)]
     jump = [max(f[1][a] for f in fields) for a in (0, 1)]
@@ -154,6 +173,7 @@ def analyze(spec: Spec) -> Report:
         )
         return report
     _check_preprocess(spec, report)
+    _check_augmentation(report)
     known: dict[str, tuple[Shape, Field]] = {INPUT: (shape, ((1, 1), (1, 1)))}
     warned: set[str] = set()
     for node in report.graph.nodes:
@@ -190,7 +210,66 @@ def analyze(spec: Spec) -> Report:
             )
         known[node.name] = (row.output_shape, receptive)
     _check_output(spec, report)
+    _check_keras_habits(spec, report)
+    if report.valid and report.output_shape == (1,) and not report.binary:
+        report.warnings.append(
+            Issue(
+                f"{report.graph.nodes[-1].origin.label}: one output unit without a sigmoid is a single class, "
+                "which cannot be trained (a binary classifier is Keras's Dense(1, activation='sigmoid') with "
+                "binary cross-entropy). Hint: set activation: sigmoid on the last layer, or use units: 2 with "
+                "activation: softmax",
+                report.layers[-1].index,
+                "activation",
+            )
+        )
     return report
+
+
+def _check_keras_habits(spec: Spec, report: Report) -> None:
+    """Warnings and errors for what someone coming from PyTorch or Keras writes by habit."""
+    h, w, c = spec.input_shape
+    if h <= 4 and w > 4 and c > 4:  # [1, 28, 28] or [3, 32, 32]: PyTorch's (C, H, W)
+        report.warnings.append(
+            Issue(
+                f"input shape [{h}, {w}, {c}] looks channels-first (C, H, W); cnnspec takes [height, width, "
+                f"channels] like Keras. Hint: shape: [{w}, {c}, {h}]",
+                None,
+                "input.shape",
+            )
+        )
+    training = spec.training
+    if training is not None and training.loss == "binary_crossentropy" and report.layers and not report.binary:
+        report.issues.append(
+            Issue(
+                "training.loss binary_crossentropy needs a binary head: a last layer Dense(units: 1, activation: "
+                "sigmoid). Hint: with one softmax unit per class, use categorical_crossentropy",
+                None,
+                "training.loss",
+            )
+        )
+
+
+def _check_augmentation(report: Report) -> None:
+    """Augmentation layers run in the input pipeline, on the input image: only first, in a chain from `input`."""
+    previous, first_other = INPUT, None
+    for node in report.graph.nodes:
+        if not node.layer.augmentation:
+            first_other = first_other or node
+            continue
+        if first_other is None and node.inputs == (previous,):
+            previous = node.name
+            continue
+        where = f"after '{first_other.name}'" if first_other is not None else f"reading {list(node.inputs)}"
+        report.issues.append(
+            Issue(
+                f"{node.origin.label}: {node.layer.type} is an augmentation layer, which only works on the input "
+                f"image: it must come before the first other layer and read the input or the augmentation layer "
+                f"before it, but it comes {where}. Hint: move it to the top of layers (Keras's data augmentation "
+                "is the first block of a model)",
+                node.origin.index,
+                None,
+            )
+        )
 
 
 def _first_copy(label: str, seen: set[str]) -> bool:
@@ -243,7 +322,16 @@ def _check_output(spec: Spec, report: Report) -> None:
                 None,
             )
         )
-    elif spec.labels is not None and len(spec.labels) != out[0]:
+    elif report.binary and spec.labels is not None and len(spec.labels) != 2:
+        report.issues.append(
+            Issue(
+                f"labels has {len(spec.labels)} names but a binary head (one sigmoid unit) tells 2 classes apart. "
+                "Hint: list two labels, [negative, positive]: the unit gives the probability of the second",
+                None,
+                "labels",
+            )
+        )
+    elif spec.labels is not None and len(spec.labels) != out[0] and not report.binary:
         report.issues.append(
             Issue(
                 f"labels has {len(spec.labels)} names but the last layer '{last.name}' outputs {out[0]} "

@@ -63,9 +63,29 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _max_pixels(value: Optional[int]) -> None:
+    if value is not None:
+        from .images import set_max_pixels
+
+        set_max_pixels(value)
+
+
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-pixels", min=1, help="Raise the 64 MP decompression-bomb cap for images you trust."),
+]
+
+
 def _print_issues(issues, prefix: str = "error") -> None:
-    for issue in issues:
-        print(f"{prefix}: {issue.message}", file=sys.stderr)
+    from .errors import collapse
+
+    for line in collapse(list(issues)):  # the same fault in many layers: one line
+        print(f"{prefix}: {line}", file=sys.stderr)
 
 
 @app.command()
@@ -231,13 +251,19 @@ NoCudaGraphOpt = Annotated[
 ]
 
 
-def _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=True):
+LayoutOpt = Annotated[
+    Literal["auto", "nchw", "nhwc"],
+    typer.Option("--layout", help="Foreign models: input layout; auto reads [N,H,W,C] with C of 1/3/4 as NHWC."),
+]
+
+
+def _classifier(model, device, threads, labels, scale, mean, std, layout="auto", cuda_graph=True):
     from .foreign import preprocess_from_options, read_labels_file
     from .runtime import Classifier
 
     preprocess = preprocess_from_options(scale, mean, std)
     names = read_labels_file(labels) if labels is not None else None
-    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess,
+    clf = Classifier(model, device=device, threads=threads, labels=names, preprocess=preprocess, layout=layout,
                      cuda_graph=cuda_graph, notify=lambda m: print(f"note: {m}", file=sys.stderr))  # fmt: skip
     for warning in clf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -254,6 +280,9 @@ def run(
     batch_size: BatchOpt = 64,
     threads: ThreadsOpt = None,
     resize: ResizeOpt = "stretch",
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per image, as each is done.")] = False,
+    layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
     labels: LabelsOpt = None,
     scale: ScaleOpt = None,
     mean: MeanOpt = None,
@@ -274,15 +303,21 @@ def run(
 
     ray_options = {"--address": address, "--output": output, "--concurrency": concurrency,
                    "--gpus-per-worker": gpus_per_worker or None}  # fmt: skip
-    plain_options = {"--json": as_json or None, "--device": None if device == "cpu" else device,
-                     "--no-cuda-graph": no_cuda_graph or None}  # fmt: skip
+    plain_options = {"--json": as_json or None, "--jsonl": jsonl or None, "--no-cuda-graph": no_cuda_graph or None,
+                     "--device": None if device == "cpu" else device}  # fmt: skip
     check_engine_options(engine, ray_options, plain_options)
     if engine == "ray":
         from .serving.ray_batch import ray_run_command
 
-        raise typer.Exit(ray_run_command(model, inputs, output, address, concurrency, gpus_per_worker, threads,
-                                         batch_size, top_k, resize, labels, scale, mean, std))  # fmt: skip
-    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
+        code = ray_run_command(model, inputs, output, address, concurrency, gpus_per_worker, threads, batch_size,
+                               top_k, resize, labels, scale, mean, std, layout, max_pixels)  # fmt: skip
+        raise typer.Exit(code)
+    _max_pixels(max_pixels)
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
+    if jsonl:
+        from .run_report import stream_jsonl
+
+        raise typer.Exit(stream_jsonl(clf.iter_predict(expand_inputs(inputs), top_k, batch_size, resize)))
     results = clf.predict(expand_inputs(inputs), top_k=top_k, batch_size=batch_size, resize=resize)
     if as_json:
         print(results_json(results))
@@ -294,10 +329,13 @@ def run(
     raise typer.Exit(1 if failed else 0)
 
 
+_PLOTS = typer.Option("--plots", help="Write pictures (PNG) to this folder; needs cnnspec[viz].")
+
+
 @app.command()
 def evaluate(
     model: ModelPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     as_json: JsonOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 256,
@@ -308,19 +346,29 @@ def evaluate(
     std: StdOpt = None,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out unreadable images.")] = False,
     no_cuda_graph: NoCudaGraphOpt = False,
+    layout: LayoutOpt = "auto",
+    max_pixels: MaxPixelsOpt = None,
+    plots: Annotated[Optional[Path], _PLOTS] = None,
 ) -> None:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix on a labelled data set."""
     from .data import load_dataset
     from .run_report import evaluation_json, render_evaluation
     from .runtime import evaluate as evaluate_model
+    from .viz import evaluation_plots, plot_dir
 
-    clf = _classifier(model, device, threads, labels, scale, mean, std, cuda_graph=not no_cuda_graph)
+    _max_pixels(max_pixels)
+    folder = plot_dir(plots) if plots is not None else None  # before the work: matplotlib may be missing
+    clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
     c, h, w = clf.chw
     named = clf.is_cnnspec or labels is not None
     names = clf.labels if named else None
     dataset = load_dataset(data, (h, w, c), labels=names, num_classes=clf.classes, skip_bad_images=skip_bad_images)
+    _print_warnings(dataset.warnings)
     result = evaluate_model(clf, dataset.x, dataset.y, batch_size=batch_size)
     print(evaluation_json(result)) if as_json else render_evaluation(result, _console())
+    if folder is not None:
+        written = evaluation_plots(clf, dataset.x, dataset.y, folder, batch_size)
+        print("plots: " + ", ".join(map(str, written)), file=sys.stderr)
 
 
 @app.command()
@@ -380,8 +428,17 @@ def export_cmd(
 ) -> None:
     """Convert a model for deployment (int8, fp16: with the accuracy it costs, refused past --max-drop) or write
     a Triton Inference Server model repository for it (config.pbtxt, 1/model.onnx, labels.txt)."""
-    converting = {"--calibration": calibration, "--samples": samples, "--method": method, "--eval": eval_data,
-                  "--max-drop": max_drop, "--threads": threads, "--scale": scale, "--mean": mean, "--std": std}
+    converting = {
+        "--calibration": calibration,
+        "--samples": samples,
+        "--method": method,
+        "--eval": eval_data,
+        "--max-drop": max_drop,
+        "--threads": threads,
+        "--scale": scale,
+        "--mean": mean,
+        "--std": std,
+    }
     repository = {"--name": name, "--max-batch-size": max_batch_size, "--instances": instances, "--device": device}
     for option, value in (converting if to == "triton" else repository).items():
         if value is not None:
@@ -400,13 +457,15 @@ def export_cmd(
     )  # fmt: skip
 
 
-
 OptPath = Optional[Path]
 _LR = typer.Option(min=0, max=10, help="Overrides training.learning_rate.")
 _SEED = typer.Option(min=0, max=2**32 - 1, help="Seed of the weights (as compile --seed), shuffling and dropout.")
 _BACKEND = typer.Option(help="native (cnnspec's own train-step graph) or ort-training (optional extra).")
 _RESUME = typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint-dir.")
 _SKIP_BAD = typer.Option("--skip-bad-images", help="Leave out unreadable images.")
+_PATIENCE = typer.Option(
+    min=1, max=100_000, help="Overrides training.patience: stop after N epochs without a better validation loss."
+)
 _TRAIN_THREADS = typer.Option(
     "--threads",
     min=1,
@@ -418,13 +477,13 @@ _TRAIN_THREADS = typer.Option(
 @app.command()
 def train(
     spec: SpecPath,
-    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y) or MNIST IDX images.")],
+    data: Annotated[Path, typer.Option("--data", help="Class-subfolder folder, .npz (x, y), .csv or MNIST IDX.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the trained .onnx model.")],
     epochs: Annotated[Optional[int], typer.Option(min=1, max=100_000, help="Overrides training.epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Overrides training.batch_size.")] = None,
     learning_rate: Annotated[Optional[float], _LR] = None,
     seed: Annotated[Optional[int], _SEED] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction (0..1) for validation.")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction for validation (0: none).")] = None,
     val: Annotated[OptPath, typer.Option("--val", help="A separate validation data set.")] = None,
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="cpu or cuda (onnxruntime-gpu).")] = "cpu",
     backend: Annotated[Literal["native", "ort-training"], _BACKEND] = "native",
@@ -434,20 +493,25 @@ def train(
     export_train_step: Annotated[OptPath, typer.Option(help="Also write the train-step ONNX graph.")] = None,
     skip_bad_images: Annotated[bool, _SKIP_BAD] = False,
     threads: Annotated[Optional[int], _TRAIN_THREADS] = None,
+    patience: Annotated[Optional[int], _PATIENCE] = None,
+    max_pixels: MaxPixelsOpt = None,
+    init_from: Annotated[OptPath, typer.Option(help="Start from this .onnx model's weights (by layer name).")] = None,
+    plots: Annotated[OptPath, _PLOTS] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")] = False,
 ) -> None:
     """Train a spec on labelled images; write the inference model with the trained weights."""
     from .train_command import train_command
 
-    if val_split is not None and not 0 < val_split < 1:
-        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {val_split}", param_hint="'--val-split'")
+    if val_split is not None and not 0 <= val_split < 1:
+        raise typer.BadParameter(f"must be in [0, 1) (0: no validation), got {val_split}", param_hint="'--val-split'")
     if learning_rate is not None and learning_rate <= 0:
         raise typer.BadParameter(f"must be > 0, got {learning_rate}", param_hint="'--learning-rate'")
+    _max_pixels(max_pixels)
     result = train_command(
         spec, data, output, val=val, device=device, backend=backend, checkpoint_dir=checkpoint_dir, resume=resume,
         metrics_json=metrics_json, export_train_step=export_train_step, skip_bad_images=skip_bad_images,
         threads=threads, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        val_split=val_split,
+        val_split=val_split, patience=patience, init_from=init_from, plots=plots,
     )  # fmt: skip
     if as_json:
         print(json.dumps(result.summary))
@@ -467,6 +531,21 @@ def doctor(
     report = environment()
     print(json.dumps(report) if as_json else render(report))
     raise typer.Exit(exit_code(report, device))
+
+
+@app.command()
+def visualize(
+    model: ModelPath,
+    image: Annotated[Path, typer.Argument(help="An image file, resized to the model's input.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG files.")],
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layer names (default: all conv/pool).")] = None,
+) -> None:
+    """Pictures of what a model computes: filters.png (first convolution's kernels) and feature_maps-<layer>.png."""
+    from .viz import visualize as draw
+
+    chosen = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
+    for path in draw(model, image, output, chosen):
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,6 +76,10 @@ EXAMPLES: dict[str, list[str]] = {
         "cnnspec export digits.onnx --to triton -o model_repository --max-batch-size 64",
     ],
     "serve": ["cnnspec serve digits.onnx", "cnnspec serve digits.onnx seed.onnx --port 8080 --device cuda"],
+    "visualize": [
+        "cnnspec visualize digits.onnx seven.png -o pictures/",
+        "cnnspec visualize digits.onnx seven.png -o pictures/ --layers conv2d,max_pooling2d",
+    ],
     "import": [
         "cnnspec import model.keras -o spec.yaml",
         "cnnspec import model.keras -o spec.yaml --onnx model.onnx --labels labels.txt",

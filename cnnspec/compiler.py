@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -163,3 +164,18 @@ def compile_spec(spec: Spec, seed: int = 0, opset: int = DEFAULT_OPSET) -> onnx.
 def model_bytes(model: onnx.ModelProto) -> bytes:
     """Deterministic serialization (map fields sorted), so the same model gives the same bytes."""
     return model.SerializeToString(deterministic=True)
+
+
+def compile_to_file(spec: Spec | str | Path, output: str | Path, seed: int = 0, opset: int = DEFAULT_OPSET) -> Path:
+    """`cnnspec compile SPEC -o OUTPUT` in one call: a spec file (or a Spec) to an .onnx file, written atomically.
+
+    >>> compile_to_file("specs/seed.yaml", "seed.onnx", seed=0)     # doctest: +SKIP
+    """
+    from .files import atomic_write, check_output_path
+    from .spec import load_spec
+
+    source = {"spec": spec} if isinstance(spec, (str, Path)) else {}
+    output = check_output_path(output, not_same_as=source)
+    parsed = load_spec(spec) if isinstance(spec, (str, Path)) else spec
+    atomic_write(output, model_bytes(compile_spec(parsed, seed=seed, opset=opset)))
+    return output

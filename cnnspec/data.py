@@ -6,6 +6,9 @@ Every loader returns raw pixels (the model preprocesses in-graph) as float32 [N,
   data.npz         `x` (N,H,W) or (N,H,W,C) raw pixels, `y` (N,) class indices; loaded with allow_pickle=False,
                    so object arrays are refused, never unpickled
   *-images-idx3-ubyte[.gz]   MNIST IDX images; labels from the sibling *-labels-idx1-ubyte[.gz]
+  train.csv        rows `path,label` (an optional header `path,label`): image paths relative to the CSV's folder,
+                   labels by name (the model's labels, or sorted names) or as class indices, as a pandas
+                   dataframe feeds Keras's flow_from_dataframe
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,8 @@ class Dataset:
     x: np.ndarray  # float32 [N, C, H, W] raw pixel values
     y: np.ndarray  # int64 [N]
     class_names: list[str]
+    warnings: list[str] = field(default_factory=list)
+    """What the caller should tell the user: images skipped, classes with no samples."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -54,11 +59,14 @@ def load_dataset(
         data = load_folder(path, (c, h, w), labels, classes, skip_bad_images)
     elif path.suffix.lower() == ".npz":
         data = load_npz(path, (c, h, w), labels)
+    elif path.suffix.lower() == ".csv":
+        data = load_csv(path, (c, h, w), labels, classes, skip_bad_images)
     elif "idx3-ubyte" in path.name:
         data = load_idx(path, (c, h, w), labels)
     else:
         raise DataError(
-            f"data '{path}' is not a folder of class subfolders, an .npz file or an MNIST '*-images-idx3-ubyte' file"
+            f"data '{path}' is not a folder of class subfolders, an .npz file, a .csv of path,label rows or an "
+            "MNIST '*-images-idx3-ubyte' file"
         )
     return _checked(data, classes, str(path))
 
@@ -80,6 +88,13 @@ def _checked(data: Dataset, classes: int | None, source: str) -> Dataset:
         if len(data.class_names) > classes:
             raise DataError(
                 f"'{source}': {len(data.class_names)} classes in the data but the model has {classes} outputs"
+            )
+        missing = sorted(set(range(classes)) - set(np.unique(data.y).tolist()))
+        if missing:
+            names = data.class_names if len(data.class_names) == classes else [str(i) for i in range(classes)]
+            shown = ", ".join(names[i] for i in missing[:MAX_LISTED]) + (", ..." if len(missing) > MAX_LISTED else "")
+            data.warnings.append(
+                f"'{source}': {len(missing)} of the model's {classes} classes have no samples here ({shown})"
             )
     return data
 
@@ -117,7 +132,11 @@ def load_folder(
     keep = [i for i, a in enumerate(arrays) if not isinstance(a, Exception)]
     x = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, *chw), np.float32)
     names = list(labels) if labels is not None and set(folders) <= set(labels) else folders
-    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), names)
+    notes = []
+    if bad:
+        first = "\n  ".join(str(e) for e in bad[:MAX_LISTED])
+        notes.append(f"'{root}': skipped {len(bad)} of {len(arrays)} image(s) that cannot be used:\n  {first}")
+    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), names, notes)
 
 
 def _class_index(root: Path, folders: list[str], labels: Sequence[str] | None, classes: int | None) -> dict[str, int]:
@@ -233,3 +252,91 @@ def _read_capped(path: Path) -> bytes:
     if len(raw) > MAX_IDX_BYTES:
         raise DataError(f"'{path}': larger than {MAX_IDX_BYTES >> 30} GiB once decompressed")
     return raw
+
+
+# ---- CSV of path,label rows -------------------------------------------------------------------------------------
+
+MAX_CSV_BYTES = 64 << 20
+
+
+def load_csv(
+    path: Path, chw: tuple[int, int, int], labels: Sequence[str] | None, classes: int | None, skip_bad: bool
+) -> Dataset:
+    """`path,label` rows; a row that cannot be used (wrong columns, unknown label, missing or broken image) is
+    reported with its line number, like a bad image of a folder (--skip-bad-images leaves such rows out)."""
+    from .images import load_images
+
+    rows, bad = _csv_rows(path)
+    names = _csv_class_names([label for _, _, label in rows], labels, classes, path)
+    files: list[str] = []
+    targets: list[int] = []
+    lines: list[int] = []
+    for line, file, label in rows:
+        if label not in names:
+            bad.append(f"line {line}: label {label!r} is not a class of the model ({_shown_names(names)})")
+        elif not file:
+            bad.append(f"line {line}: the path is empty")
+        else:
+            files.append(os.path.join(path.parent, file))
+            targets.append(names[label])
+            lines.append(line)
+    arrays = load_images(files, chw)
+    bad += [f"line {line}: {a}" for line, a in zip(lines, arrays, strict=True) if isinstance(a, Exception)]
+    bad.sort(key=lambda text: int(text.split(":")[0].split()[1]))  # by line number
+    if bad and not skip_bad:
+        listed = "\n  ".join(bad[:MAX_LISTED]) + (
+            f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        )
+        raise DataError(f"'{path}': {len(bad)} row(s) cannot be used (skip them with --skip-bad-images):\n  {listed}")
+    keep = [i for i, a in enumerate(arrays) if not isinstance(a, Exception)]
+    x = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, *chw), np.float32)
+    return Dataset(x, np.asarray([targets[i] for i in keep], np.int64), list(names))
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """(line number, path, label) per data row (a first row `path,label` is a header), and the malformed rows."""
+    import csv
+    import io
+
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CSV_BYTES + 1)
+        text = raw.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"'{path}': cannot be read as UTF-8 text ({exc})") from None
+    if len(raw) > MAX_CSV_BYTES:
+        raise DataError(f"'{path}': larger than {MAX_CSV_BYTES >> 20} MiB")
+    rows: list[tuple[int, str, str]] = []
+    bad: list[str] = []
+    try:
+        for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            cells = [cell.strip() for cell in row]
+            if not any(cells) or (number == 1 and [c.lower() for c in cells] == ["path", "label"]):
+                continue
+            if len(cells) != 2:
+                bad.append(f"line {number}: expected 2 columns (path,label), found {len(cells)}: {','.join(row)[:80]}")
+            else:
+                rows.append((number, cells[0], cells[1]))
+    except csv.Error as exc:
+        raise DataError(f"'{path}': not a valid CSV ({exc})") from None
+    if not rows and not bad:
+        raise DataError(f"'{path}': no rows; write one `path,label` line per image")
+    return rows, bad
+
+
+def _csv_class_names(found: list[str], labels: Sequence[str] | None, classes: int | None, path: Path) -> dict[str, int]:
+    """Label text -> class index: the model's labels by name; else whole numbers as indices; else sorted names."""
+    if labels is not None and set(found) & set(labels):
+        return {name: i for i, name in enumerate(labels)}
+    if all(v.isdigit() for v in found):
+        top = classes if classes is not None else max(int(v) for v in found) + 1
+        return {str(i): i for i in range(top)}
+    names = sorted(set(found))
+    if classes is not None and len(names) != classes:
+        raise DataError(f"'{path}': {len(names)} label names {names[:MAX_LISTED]} but the model has {classes} outputs")
+    return {name: i for i, name in enumerate(names)}
+
+
+def _shown_names(names: dict[str, int]) -> str:
+    shown = list(names)[:MAX_LISTED]
+    return ", ".join(shown) + (", ..." if len(names) > MAX_LISTED else "")

@@ -24,6 +24,28 @@ class Issue:
         return asdict(self)
 
 
+def collapse(issues: list[Issue], show: int = 3) -> list[str]:
+    """The issues as lines, one per kind: the same fault in several layers is one line naming the layers.
+
+    "layers[0] Conv2D 'a': activation must be ..." and the same for layers[1] and [2] become
+    "activation must be ... (in 3 layers: layers[0] Conv2D 'a', layers[1] ..., layers[2] ...)".
+    """
+    groups: dict[tuple[str | None, str], list[str]] = {}
+    for issue in issues:
+        where, sep, rest = issue.message.partition(": ")
+        if issue.layer is None or not sep or not where.startswith("layers["):
+            where, rest = "", issue.message
+        groups.setdefault((issue.field, rest), []).append(where)
+    lines = []
+    for (_, rest), places in groups.items():
+        if len(places) == 1:
+            lines.append(f"{places[0]}: {rest}" if places[0] else rest)
+        else:
+            named = ", ".join(places[:show]) + (f" and {len(places) - show} more" if len(places) > show else "")
+            lines.append(f"{rest} (in {len(places)} layers: {named})")
+    return lines
+
+
 class CnnspecError(Exception):
     """Any error caused by user input (spec, image, model file, data, arguments).
 

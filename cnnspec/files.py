@@ -9,11 +9,13 @@ over the destination (rename is atomic within one file system). Temp files of wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +48,58 @@ def check_output_path(path: str | Path, *, not_same_as: Mapping[str, str | Path]
     if not parent.exists():
         raise UsageError(f"cannot write '{path}': directory '{parent}' does not exist; create it first")
     return path
+
+
+Outputs = Mapping[str, "str | Path | None"]
+
+
+def check_writable(
+    files: Outputs | None = None,
+    folders: Outputs | None = None,
+    *,
+    not_same_as: Mapping[str, str | Path] | Sequence[str | Path] = (),
+) -> None:
+    """Refuse, before any long work (training), an output that could not be written at the end.
+
+    `files` and `folders` map what the user called the output (an option name such as '-o' or
+    '--checkpoint-dir') to its path; None entries are skipped. A file must pass check_output_path and its folder
+    must take a new file; a folder must be a writable folder, or be creatable (its nearest existing ancestor is a
+    writable folder). Writability is tested by creating and removing a probe file, the only test that also
+    holds for read-only mounts, ACLs and root. Raises UsageError (exit 2) naming the option, path and reason.
+    """
+    for option, path in (files or {}).items():
+        if path is not None:
+            path = check_output_path(path, not_same_as=not_same_as)
+            _probe_folder(path.parent, option, path)
+    for option, path in (folders or {}).items():
+        if path is not None:
+            _check_folder(Path(path), option)
+
+
+def _check_folder(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"cannot use {option} '{path}': it is a file, not a folder")
+    existing = path
+    while not existing.exists():  # the folder is created later: its nearest existing ancestor must take it
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create {option} '{path}': '{existing}' is not a directory")
+    _probe_folder(existing, option, path)
+
+
+def _probe_folder(folder: Path, option: str, path: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".cnnspec-probe-{os.getpid()}.", dir=folder)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT:  # /proc and similar: the folder exists but takes no new files
+            reason = "the folder takes no new files"
+        raise UsageError(
+            f"cannot write {option} '{path}': '{folder}' is not writable ({reason}); choose another path"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -21,9 +21,6 @@ WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger"
             "QLinearConv": 3, "QLinearMatMul": 3}  # fmt: skip
 # Ops a weight passes through on its way from the initializer to the op that uses it.
 _WEIGHT_PATH = frozenset({"DequantizeLinear", "Cast", "Identity", "Transpose", "Reshape"})
-# Ops that keep probabilities probabilities: a converted model's Softmax may be followed by these.
-PASS_THROUGH = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout",
-                          "QuantizeLinear", "DequantizeLinear"})  # fmt: skip
 _PRECISION = {"INT8": "int8", "UINT8": "int8", "FLOAT16": "fp16", "BFLOAT16": "bf16", "FLOAT": "fp32",
               "DOUBLE": "fp64", "INT4": "int4", "UINT4": "int4"}  # fmt: skip
 
@@ -91,25 +88,6 @@ def _trace(name: str, producer: dict, tensors: dict) -> onnx.TensorProto | None:
             return None
         name = node.input[0]
     return None
-
-
-def outputs_probabilities(graph: onnx.GraphProto) -> bool:
-    """The first output comes from a Softmax, directly or through ops that keep its values probabilities
-    (a float16 converter's Cast, an exporter's Identity/Reshape, a quantizer's Q/DQ pair)."""
-    if not graph.output:
-        return False
-    producer = {out: node for node in graph.node for out in node.output}
-    name = graph.output[0].name
-    for _ in range(len(graph.node)):
-        node = producer.get(name)
-        if node is None:
-            return False
-        if node.op_type == "Softmax":
-            return True
-        if node.op_type not in PASS_THROUGH or not node.input:
-            return False
-        name = node.input[0]
-    return False
 
 
 def spec_mismatch(stats: GraphStats, spec_kernels: list[int], spec_chw: tuple[int, ...], model: onnx.ModelProto,

@@ -95,8 +95,23 @@ class ImageError(CnnspecError):
     """One image that cannot be used; `run` reports it in that image's entry and goes on."""
 
 
+def set_max_pixels(pixels: int) -> None:
+    """Raise (or lower) the decompression-bomb cap, e.g. for trusted scans larger than 64 MP (`--max-pixels`)."""
+    global MAX_PIXELS
+    if pixels < 1:
+        raise CnnspecError(f"the pixel limit must be at least 1; got {pixels}")
+    MAX_PIXELS = int(pixels)
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
 def allowed_text() -> str:
     return ", ".join(ALLOWED_FORMATS)
+
+
+def _is_pattern(text: str) -> bool:
+    import glob
+
+    return glob.has_magic(text)
 
 
 def read_image_bytes(path: str | Path) -> bytes:
@@ -105,6 +120,8 @@ def read_image_bytes(path: str | Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         kind = "is a dangling symlink" if os.path.islink(path) else "does not exist"
+        if kind == "does not exist" and _is_pattern(os.fsdecode(path)):
+            kind = "matches no file (a glob pattern)"
         raise ImageError(f"'{path}' {kind}") from None
     except IsADirectoryError:
         raise ImageError(f"'{path}' is not a regular file (it is a directory{_NO_IMAGES})") from None
@@ -183,8 +200,8 @@ def _bomb_error(source: str, pillow_message: str) -> ImageError:
     match = re.search(r"\((\d+) pixels\)", pillow_message)
     pixels = int(match.group(1)) if match else 0
     return ImageError(
-        f"'{source}': image is {pixels / 1e6:.1f} MP; limit {MAX_PIXELS // 1_000_000} MP "
-        "(refused as a possible decompression bomb)"
+        f"'{source}': image is {pixels / 1e6:.1f} MP; limit {MAX_PIXELS / 1e6:g} MP "
+        "(refused as a possible decompression bomb; --max-pixels N raises the limit for files you trust)"
     )
 
 

@@ -231,14 +231,30 @@ def parse_spec_text(data: bytes, *, json_format: bool, source: str = "spec", siz
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if "'\\t'" in str(exc.problem) and mark is not None:
+            raise SpecError(
+                f"{source}: YAML indents with spaces, not tabs: line {mark.line + 1} has a tab. "
+                "Hint: replace the tab with spaces (set your editor to insert spaces)"
+            ) from None
         raise SpecError(f"{source}: YAML syntax error{where}: {exc.problem or exc}") from None
     except json.JSONDecodeError as exc:
+        if _json_comment_at(text, exc.pos):
+            raise SpecError(
+                f"{source}: JSON has no comments (line {exc.lineno}): remove them, or write the spec as YAML "
+                "(.yaml), where # starts a comment"
+            ) from None
         raise SpecError(f"{source}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise SpecError(f"{source}: spec is nested too deeply") from None
     # PyYAML also raises plain ValueError/IndexError on some malformed input.
     except (yaml.YAMLError, ValueError, IndexError, TypeError, OverflowError, KeyError) as exc:
         raise SpecError(f"{source}: cannot parse: {' '.join(str(exc).split())}") from None
+
+
+def _json_comment_at(text: str, pos: int) -> bool:
+    """Whether a JSON syntax error sits on a // or /* comment (or a # one) that JSON does not allow."""
+    rest = text[pos:].lstrip()
+    return rest.startswith(("//", "/*", "#"))
 
 
 def read_spec_file(path: str | Path) -> Any:

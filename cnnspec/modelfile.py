@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
+from . import protos as onnx  # the protobuf classes only: `import onnx` costs ~0.65 s (protos.py)
 from .errors import ModelError, UsageError
-from .graph_stats import outputs_probabilities
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf cannot hold more in one message
 
@@ -87,9 +85,18 @@ class ModelInfo:
     classes: int | None  # None when the exporter left the class count symbolic
     metadata: dict[str, str]
     ends_in_softmax: bool
+    output_op: str = ""
+    """The operator that makes the output ("Sigmoid" for a binary head's probability)."""
+    layout: str = "nchw"
+    """The input's layout: "nchw", or "nhwc" for channels-last models (Keras, tf2onnx); `chw` is (C, H, W)."""
+
+    def input_batch(self, n: int) -> tuple[int, int, int, int]:
+        """The model's own input shape for a batch of n."""
+        c, h, w = self.chw
+        return (n, h, w, c) if self.layout == "nhwc" else (n, c, h, w)
 
 
-def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
+def check_runnable(model: onnx.ModelProto, source: str, layout: str = "auto") -> ModelInfo:
     """Refuse anything outside what cnnspec can vouch for (RELIABILITY rows 31-35), before onnxruntime."""
     graph = model.graph
     if model.functions:
@@ -102,7 +109,7 @@ def check_runnable(model: onnx.ModelProto, source: str) -> ModelInfo:
         check_tensor(tensor, source)
     for node in graph.node:
         check_node(node, source)
-    return _model_info(model, source)
+    return _model_info(model, source, layout)
 
 
 def check_node(node: onnx.NodeProto, source: str) -> None:
@@ -171,7 +178,7 @@ def check_tensor(t: onnx.TensorProto, source: str) -> None:
     if t.HasField("raw_data") and filled:
         raise ModelError(f"{where}: ambiguous initializer (both raw_data and {filled[0]} are set)")
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        itemsize = onnx.itemsize(t.data_type)
     except (KeyError, ValueError, TypeError):
         raise ModelError(f"{where}: unknown data type {t.data_type}") from None
     if t.HasField("raw_data") and t.data_type != onnx.TensorProto.STRING:
@@ -186,20 +193,30 @@ def check_tensor(t: onnx.TensorProto, source: str) -> None:
         raise ModelError(f"{where}: initializer size mismatch (dims {list(t.dims)} need {want}, found {have})")
 
 
-def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
+def guess_layout(dims: list) -> str:
+    """'nhwc' when a 4-d input reads as [N, H, W, C] (C of 1, 3 or 4 last, a larger dimension second)."""
+    channels_last = dims[3] in (1, 3, 4) and isinstance(dims[1], int) and dims[1] > 4
+    return "nhwc" if channels_last else "nchw"
+
+
+def _model_info(model: onnx.ModelProto, source: str, layout: str = "auto") -> ModelInfo:
     graph = model.graph
     constants = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in constants]
     dims = _dims(inputs[0]) if len(inputs) == 1 else None
     if dims is None or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
         raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
-    c, h, w = dims[1:]
+    if layout == "auto":  # cnnspec's own models are NCHW whatever their sizes; others are guessed
+        own = any(p.key == "cnnspec.spec" for p in model.metadata_props)
+        layout = "nchw" if own else guess_layout(dims)
+    c, h, w = (dims[3], dims[1], dims[2]) if layout == "nhwc" else dims[1:]
     if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
         raise ModelError(f"'{source}': model input must be float32 [N,C,H,W] with fixed C,H,W; {_describe(inputs)}")
     out_dims = _dims(graph.output[0]) if graph.output else None
     if out_dims is None or len(out_dims) != 2 or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise ModelError(f"'{source}': model output must be float32 [N, classes]; {_describe(list(graph.output))}")
     classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
+    producer = {n.output[0]: n.op_type for n in graph.node if n.output}
     return ModelInfo(
         input_name=inputs[0].name,
         chw=(c, h, w),
@@ -207,6 +224,8 @@ def _model_info(model: onnx.ModelProto, source: str) -> ModelInfo:
         classes=classes,
         metadata={p.key: p.value for p in model.metadata_props},
         ends_in_softmax=outputs_probabilities(graph),
+        output_op=producer.get(graph.output[0].name, ""),
+        layout=layout,
     )
 
 
@@ -229,3 +248,27 @@ def _describe(values: list[onnx.ValueInfoProto]) -> str:
         dims = _dims(v)
         parts.append(f"'{v.name}' is {dtype}[{', '.join(map(str, dims)) if dims is not None else '?'}]")
     return f"found {len(values)}: " + "; ".join(parts)
+
+
+# Ops that keep probabilities probabilities: a converted model's Softmax may be followed by these.
+PASS_THROUGH = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout",
+                          "QuantizeLinear", "DequantizeLinear"})  # fmt: skip
+
+
+def outputs_probabilities(graph: onnx.GraphProto) -> bool:
+    """The first output comes from a Softmax, directly or through ops that keep its values probabilities
+    (a float16 converter's Cast, an exporter's Identity/Reshape, a quantizer's Q/DQ pair)."""
+    if not graph.output:
+        return False
+    producer = {out: node for node in graph.node for out in node.output}
+    name = graph.output[0].name
+    for _ in range(len(graph.node)):
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "Softmax":
+            return True
+        if node.op_type not in PASS_THROUGH or not node.input:
+            return False
+        name = node.input[0]
+    return False

@@ -7,6 +7,8 @@ escaped, rich markup is never interpreted, and undecodable bytes in file names a
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .runtime import Evaluation, Result
@@ -20,12 +22,29 @@ def printable(text: str) -> str:
 
 def results_json(results: list[Result]) -> str:
     """Exactly `[{"path": str, "predictions": [{"label", "index", "score"}], "error": str|null}]`."""
-    entries = []
-    for r in results:
-        entry = r.as_dict()
-        entry["path"] = r.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        entries.append(entry)
-    return json.dumps(entries, ensure_ascii=False, allow_nan=False)
+    return json.dumps([_entry(r) for r in results], ensure_ascii=False, allow_nan=False)
+
+
+def result_jsonl(result: Result) -> str:
+    """One entry of `run --json` on a line of its own (`run --jsonl`: printed as each image is classified)."""
+    return json.dumps(_entry(result), ensure_ascii=False, allow_nan=False)
+
+
+def stream_jsonl(results: Iterator[Result]) -> int:
+    """`run --jsonl`: each result on stdout as soon as it is known; the exit code (1 when any image failed)."""
+    total = failed = 0
+    for result in results:
+        print(result_jsonl(result), flush=True)
+        total, failed = total + 1, failed + (result.error is not None)
+    if failed:
+        print(f"error: {failed} of {total} image(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _entry(r: Result) -> dict[str, Any]:
+    entry = r.as_dict()
+    entry["path"] = r.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return entry
 
 
 def render_results(results: list[Result], console: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +63,13 @@ class Classifier:
         sandbox: bool = True,
         cuda_graph: bool = True,
         notify: Callable[[str], None] | None = None,
+        layout: str = "auto",
     ) -> None:
         self.path = str(model_path)
         data = read_model_bytes(model_path)
-        self.info: ModelInfo = check_runnable(parse_model(data, self.path), self.path)
+        if layout not in ("auto", "nchw", "nhwc"):
+            raise UsageError(f"layout must be auto, nchw or nhwc; got {layout!r}")
+        self.info: ModelInfo = check_runnable(parse_model(data, self.path), self.path, layout)
         self.is_cnnspec = "cnnspec.spec" in self.info.metadata
         if preprocess is not None and self.is_cnnspec:
             raise UsageError(
@@ -75,6 +78,12 @@ class Classifier:
             )
         self.preprocess = preprocess
         self.warnings: list[str] = []
+        if self.info.layout == "nhwc" and layout == "auto":
+            c, h, w = self.info.chw
+            self.warnings.append(
+                f"the model takes channels-last input [N, {h}, {w}, {c}] (NHWC, as Keras and tf2onnx export); "
+                "images are fed that way (--layout nchw to override)"
+            )
         self.device = resolve_device(device)
         self._data, self._threads, self._session = data, threads, None
         self._probe = None
@@ -82,7 +91,10 @@ class Classifier:
         self._cuda_graph, self._notify, self._cuda = cuda_graph, notify or _warn, None
         if sandbox:
             self._probe = Probe(data, self.info, self.path)  # runs while the caller decodes images
-        self.classes = self.info.classes or self._probe_classes()
+        outputs = self.info.classes or self._probe_classes()
+        self.binary = outputs == 1 and self.info.output_op == "Sigmoid"
+        """One sigmoid output: Keras's binary head, P(second class); scores() gives both classes' probabilities."""
+        self.classes = 2 if self.binary else outputs
         self.labels = self._labels(labels)
 
     def __del__(self) -> None:  # reap the probe's child if no prediction ever asked for the session
@@ -140,6 +152,8 @@ class Classifier:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.preprocess is not None:
             x = self.preprocess.apply(x)
+        if self.info.layout == "nhwc":  # cnnspec works in NCHW; a channels-last model gets its own layout
+            x = x.transpose(0, 2, 3, 1)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.device == "cuda":
             return self._run_cuda(x)
@@ -151,25 +165,38 @@ class Classifier:
         return self._cuda.run(x)
 
     def scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities [N, classes] for raw pixels [N, C, H, W]; logits get a softmax (documented)."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.chw:
-            raise UsageError(f"input must be [N, {', '.join(map(str, self.chw))}]; got {list(x.shape)}")
+        """Class probabilities [N, classes] for raw pixels: [N, C, H, W], or any layout `as_nchw` reads.
+
+        The model's output is taken as probabilities when it ends in Softmax and as logits otherwise (they get
+        a softmax). A binary head (one output unit) gives p = P(second class), through a sigmoid unless the
+        model ends in Sigmoid; its scores are the two columns [1 - p, p].
+        """
+        x = as_nchw(np.asarray(x), self.chw)
         outs = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        out = np.concatenate(outs) if outs else np.zeros((0, self.classes), np.float32)
+        out = np.concatenate(outs) if outs else np.zeros((0, 1 if self.binary else self.classes), np.float32)
+        if self.binary:
+            return np.concatenate([1 - out, out], axis=1).astype(np.float32)
         return out if self.info.ends_in_softmax else softmax(out)
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch") -> list[Result]:
-        """Top-k predictions for image paths, PIL images or raw-pixel arrays ([C,H,W] or [N,C,H,W]).
+        """Top-k predictions for image files, folders (searched recursively) and globs, as `cnnspec run` takes
+        them, PIL images, or raw-pixel arrays in either layout (see `as_nchw` for the rule: [N, C, H, W],
+        [N, H, W, C], one image [C, H, W] / [H, W, C], or [H, W] grey); a single item or a list of them.
 
-        Bad files get a Result with `error` set; the rest are still classified. `top_k` above the class count
-        gives every class.
+        Bad files get a Result with `error` set; the rest are still classified. An array that fits no layout
+        raises UsageError at once. `top_k` above the class count gives every class.
         """
+        return list(self.iter_predict(inputs, top_k, batch_size, resize))
+
+    def iter_predict(
+        self, inputs: Any, top_k: int = 5, batch_size: int = 64, resize: str = "stretch"
+    ) -> Iterator[Result]:
+        """`predict`, one Result at a time as each batch is classified (`run --jsonl` streams these)."""
         if top_k < 1:
             raise UsageError(f"top_k must be >= 1; got {top_k}")
-        items = _as_items(inputs)
+        items = _as_items(inputs, self.chw)
         size = max(batch_size, 1) * 4  # decode a few batches at a time, never the whole folder at once
         chunks = [items[start : start + size] for start in range(0, len(items), size)]
-        results: list[Result] = []
         # A pipeline: the next chunk decodes (Pillow releases the GIL) while onnxruntime classifies this one.
         with ThreadPoolExecutor(max_workers=1) as ahead:
             pending = ahead.submit(_to_arrays, chunks[0], self.chw, resize) if chunks else None
@@ -177,8 +204,7 @@ class Classifier:
                 arrays = pending.result()
                 if i + 1 < len(chunks):
                     pending = ahead.submit(_to_arrays, chunks[i + 1], self.chw, resize)
-                results.extend(self._classify(arrays, top_k, batch_size))
-        return results
+                yield from self._classify(arrays, top_k, batch_size)
 
     def _classify(self, arrays: list[tuple[str, Any]], top_k: int, batch_size: int) -> list[Result]:
         results = [Result(path=name) for name, _ in arrays]
@@ -224,12 +250,49 @@ def _parse_labels(raw: str) -> list[str] | None:
     return labels
 
 
-def _as_items(inputs: Any) -> list[Any]:
+def _as_items(inputs: Any, chw: tuple[int, int, int]) -> list[Any]:
+    """Predict's inputs as a list of paths, PIL images and CHW arrays; folders and globs expanded as `run` does."""
     if isinstance(inputs, np.ndarray):
-        return list(inputs[None] if inputs.ndim == 3 else inputs)
+        return list(as_nchw(inputs, chw))
     if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "getpixel"):
-        return [inputs]
-    return list(inputs)
+        inputs = [inputs]
+    items: list[Any] = []
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            from .images import expand_inputs
+
+            items.extend(expand_inputs([os.fsdecode(item)]))
+        elif isinstance(item, np.ndarray):
+            items.extend(as_nchw(item, chw))
+        else:
+            items.append(item)
+    return items
+
+
+def as_nchw(x: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    """Raw pixels in any layout the rule below reads, as [N, C, H, W]; UsageError for anything else.
+
+    The rule, for a model taking C channels of H x W:
+      [N, C, H, W] and [C, H, W] are used as they are (channels first, what the model takes);
+      [N, H, W, C] and [H, W, C] (channels last: PIL, Keras, OpenCV) are transposed;
+      [H, W] is one grey image, and [N, H, W] a batch of them, for a model with one channel.
+    When both readings fit (C == H == W), channels first wins.
+    """
+    c, h, w = chw
+    shape = tuple(x.shape)
+    if x.dtype.kind not in "biuf":
+        raise UsageError(f"pixels must be numbers; got an array of {x.dtype}")
+    if shape[-3:] == (c, h, w) and x.ndim in (3, 4):
+        return x.reshape(-1, c, h, w)
+    if shape[-3:] == (h, w, c) and x.ndim in (3, 4):
+        return np.moveaxis(x.reshape(-1, h, w, c), 3, 1)
+    if c == 1 and shape[-2:] == (h, w) and x.ndim in (2, 3):
+        return x.reshape(-1, 1, h, w)
+    raise UsageError(
+        f"an array of shape {list(shape)} is not an image for this model, which takes {c} channel(s) of {h}x{w}: "
+        f"give [N, {c}, {h}, {w}] or [{c}, {h}, {w}] (channels first), [N, {h}, {w}, {c}] or [{h}, {w}, {c}] "
+        f"(channels last)" + (f", or [{h}, {w}] (grey)" if c == 1 else "")
+    )
 
 
 def _to_arrays(items: list[Any], chw: tuple[int, int, int], resize: str) -> list[tuple[str, Any]]:

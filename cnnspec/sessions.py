@@ -16,6 +16,36 @@ CPU = "CPUExecutionProvider"
 GPU_HINT = "install the GPU build: pip uninstall onnxruntime && pip install onnxruntime-gpu (CUDA 12/13 and cuDNN 9)"
 
 
+def gpu_install_hint(installed=None) -> str:
+    """The fix for a missing CUDA provider, from which onnxruntime distributions are installed.
+
+    onnxruntime and onnxruntime-gpu both install the same `onnxruntime` package folder, and cnnspec depends on
+    onnxruntime (pip cannot say "one or the other"), so `pip install 'cnnspec[gpu]'` installs both and whichever
+    came last owns the folder. With both present, uninstalling the CPU one deletes files the GPU one shares: the
+    GPU build must then be reinstalled. `installed(name)` returns a distribution's version or None (tests).
+    """
+    installed = installed or _installed_version
+    cpu, gpu = installed("onnxruntime"), installed("onnxruntime-gpu")
+    if gpu and cpu:
+        return (
+            f"onnxruntime {cpu} (CPU only) and onnxruntime-gpu {gpu} are both installed and share one package "
+            "folder; keep only the GPU build: pip uninstall -y onnxruntime && pip install --force-reinstall "
+            "--no-deps onnxruntime-gpu"
+        )
+    if gpu:
+        return f"onnxruntime-gpu {gpu} is installed: check that the CUDA 12/13 and cuDNN 9 libraries can be loaded"
+    return GPU_HINT
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -32,7 +62,7 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and CUDA not in providers:
         raise ModelError(
             f"CUDA requested but CUDAExecutionProvider is not available (available: {', '.join(providers)}); "
-            + GPU_HINT
+            + gpu_install_hint()
         )
     return device
 
@@ -70,7 +100,7 @@ def make_session(
         raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise ModelError(
-            f"CUDA requested but the session could not start on CUDA (check the CUDA libraries); {GPU_HINT}"
+            f"CUDA requested but the session could not start on CUDA (check the CUDA libraries); {gpu_install_hint()}"
         )
     return session
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -46,10 +47,21 @@ class Preprocess(_Strict):
     std: PerChannel = [1.0]
 
 
+def _lower(value: Any) -> Any:
+    """Keras's class names are accepted for the same thing: `Adam` is `adam`, `SGD` is `sgd`."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def _keras_loss(value: Any) -> Any:
+    # Keras's sparse_categorical_crossentropy (integer labels) is what cnnspec's categorical_crossentropy computes.
+    value = _lower(value)
+    return "categorical_crossentropy" if value == "sparse_categorical_crossentropy" else value
+
+
 class Training(_Strict):
     """How `cnnspec train` trains the network; every field can be overridden on the command line."""
 
-    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw"] = "adam"
+    optimizer: Annotated[Literal["sgd", "momentum", "nesterov", "adam", "adamw"], BeforeValidator(_lower)] = "adam"
     learning_rate: Float(gt=0, le=10) | None = None
     """Default: 0.001 for adam/adamw, 0.01 for the sgd family (Keras's defaults)."""
     momentum: Float(ge=0, lt=1) = 0.9
@@ -59,7 +71,11 @@ class Training(_Strict):
     weight_decay: Float(ge=0, lt=1) = 0.0
     epochs: Int(ge=1, le=100_000) = 10
     batch_size: Int(ge=1, le=65_536) = 32
-    loss: Literal["categorical_crossentropy"] = "categorical_crossentropy"
+    loss: Annotated[Literal["categorical_crossentropy", "binary_crossentropy"], BeforeValidator(_keras_loss)] = (
+        "categorical_crossentropy"
+    )
+    """categorical_crossentropy on integer labels (Keras's sparse_categorical_crossentropy, accepted as a name for
+    it); binary_crossentropy for a binary head (one sigmoid unit), which trains with it whatever this says."""
     label_smoothing: Float(ge=0, lt=1) = 0.0
     schedule: Literal["constant", "step", "cosine"] = "constant"
     step_epochs: Int(ge=1, le=100_000) = 10
@@ -67,7 +83,8 @@ class Training(_Strict):
     step_gamma: Float(gt=0, le=1) = 0.1
     patience: Int(ge=1, le=100_000) | None = None
     """Early stopping: stop after this many epochs without a better validation loss (keeps the best)."""
-    val_split: Float(gt=0, lt=1) | None = None
+    val_split: Float(ge=0, lt=1) | None = None
+    """Hold out this fraction for validation; 0 or none: no validation (Keras's validation_split=0.0)."""
     seed: Int(ge=0, le=2**32 - 1) = 0
 
     @property
@@ -145,7 +162,8 @@ class BlockDef(_Strict):
 class Spec(_Strict):
     """A whole network: its input, its layers and (optionally) labels, preprocessing and training."""
 
-    name: Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=128)] = "model"
+    """Optional, as in Keras: `load_spec` uses the file's stem when it is left out."""
     input: InputSpec
     labels: list[Label] | None = None
     preprocess: Preprocess | None = None
@@ -289,6 +307,8 @@ def _describe_key(error: dict, field: str) -> str:
         model = _model_at(tuple(error["loc"][:-1]))
         allowed = [f for f in model.model_fields if f != "type"] if model else []
         parent, _, key = field.rpartition(".")
+        if key in _KERAS_KEYS:
+            return f"{parent + ': ' if parent else ''}unknown field '{key}'{_KERAS_KEYS[key]}"
         hint = _suggest(key, allowed) or (f". Hint: the fields here are {', '.join(allowed)}" if allowed else "")
         return f"{parent + ': ' if parent else ''}unknown field '{key}'{hint}"
     if kind == "missing":
@@ -317,6 +337,10 @@ def _describe_value(error: dict, field: str) -> str:
         else:
             hint = _NAME_HINTS.get(kind, lambda v: "")(value)
         hint = hint or _RANGE_HINTS.get(field.rpartition(".")[2], "")
+        if field.rpartition(".")[2] == "padding" and isinstance(value, str):
+            hint = _suggest(value, ["valid", "same"]) or hint  # Keras's 'SAME' / 'Same'
+            if hint.startswith(" (did"):
+                return f"{field} {error['msg']}{hint}"
         return f"{field} {error['msg']}" + ("." + hint if hint else "")
     if kind == "literal_error":
         expected = [e.strip().strip("'") for e in ctx.get("expected", "").replace(" or ", ",").split(",")]
@@ -339,6 +363,12 @@ def _describe_value(error: dict, field: str) -> str:
     return f"{field}: {error['msg']}, got {shown}"
 
 
+_KERAS_KEYS = {  # Keras's names for a field cnnspec spells (or places) differently
+    "lr": " (did you mean 'learning_rate'?)",
+    "input_shape": ". Hint: the input shape is given once, at the top of the spec: input: {shape: [28, 28, 1]}",
+    "batch_input_shape": ". Hint: the input shape is given once, at the top of the spec: input: {shape: [28, 28, 1]}",
+    "kernel_initializer_seed": ". Hint: seeds come from `compile --seed` and training.seed",
+}
 _RANGE_HINTS = {  # what a sensible value looks like, for fields whose range alone does not say it
     "rate": " Hint: rate is the fraction of values dropped while training, e.g. 0.1 to 0.5",
     "momentum": " Hint: BatchNormalization's running averages keep this fraction each step; Keras uses 0.99",
@@ -419,7 +449,18 @@ def issues_from_validation_error(exc: ValidationError, data: Any) -> list[Issue]
             field = f"{field}.type" if field else "type"
         message = prefix + _describe(error, field or "")
         issues.setdefault((layer, field), Issue(message, layer, field))
-    return list(issues.values())
+    return _drop_misspelled_missing(list(issues.values()))
+
+
+def _drop_misspelled_missing(issues: list[Issue]) -> list[Issue]:
+    """A misspelled required field gives 'unknown field filtres (did you mean filters?)' and 'missing filters':
+    keep only the first, which says both what is wrong and the fix."""
+    suggested = {(i.layer, m.group(1)) for i in issues if (m := re.search(r"did you mean '([^']+)'", i.message))}
+    return [
+        i
+        for i in issues
+        if not ("missing required field" in i.message and (i.layer, (i.field or "").rpartition(".")[2]) in suggested)
+    ]
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -429,7 +470,7 @@ def spec_from_data(data: Any, source: str = "spec") -> Spec:
     """Validate parsed data as a Spec; every problem at once in one SpecError."""
     hint = "Hint: start from one of the specs in specs/ (seed.yaml is the smallest)"
     if data is None:
-        raise SpecError(f"{source}: spec is empty; it needs at least name, input and layers. {hint}")
+        raise SpecError(f"{source}: spec is empty; it needs at least input and layers. {hint}")
     if not isinstance(data, dict):
         kind = {list: "a list", str: "plain text"}.get(type(data), f"a {type(data).__name__}")
         raise SpecError(f"{source}: a spec must be a mapping (name: ..., input: ..., layers: ...), not {kind}. {hint}")
@@ -440,8 +481,13 @@ def spec_from_data(data: Any, source: str = "spec") -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file (YAML or JSON). Shapes are checked by `analyze`."""
-    return spec_from_data(read_spec_file(path), source=str(path))
+    """Read, parse and validate a spec file (YAML or JSON). Shapes are checked by `analyze`.
+
+    Without a top-level `name`, the model is named after the file (its stem, as `digits` for digits.yaml)."""
+    data = read_spec_file(path)
+    if isinstance(data, dict) and "name" not in data:
+        data = {"name": Path(path).stem[:128] or "model", **data}
+    return spec_from_data(data, source=str(path))
 
 
 def spec_json_schema() -> dict:

@@ -91,18 +91,27 @@ def format_report(report: Report) -> str:
         return "  ".join(parts).rstrip()
 
     rule = "-" * len(line(tuple("-" * w for w in widths)))
-    classes = report.output_shape[0] if len(report.output_shape) == 1 else "?"
+    classes = report.classes if len(report.output_shape) == 1 else "?"
     return "\n".join(
         [f"Model: {spec.name}  (input {_shape(spec.input_shape)}, H x W x C)", rule, line(rows[0]), rule]
         + [line(row) for row in rows[1:]]
         + [
             rule,
             f"Total params: {report.total_params:,} (trainable {report.trainable_params:,}, "
-            f"non-trainable {report.total_params - report.trainable_params:,})",
+            f"non-trainable {report.total_params - report.trainable_params:,})" + _frozen(report),
             f"Weights: {_bytes(4 * report.total_params)} (float32);  FLOPs per image: {_si(report.total_flops)};  "
             f"classes: {classes}",
         ]
     )
+
+
+def _frozen(report: Report) -> str:
+    frozen = report.frozen_layers
+    if not frozen:
+        return ""
+    count = sum(r.params for r in report.layers if r.name in frozen)
+    shown = ", ".join(frozen[:6]) + (f", ... ({len(frozen)} layers)" if len(frozen) > 6 else "")
+    return f"\nFrozen (trainable: false): {count:,} params in {shown}"
 
 
 def render_report(report: Report, console: Any) -> None:

@@ -16,10 +16,10 @@ from .command_reports import format_train_summary, train_summary
 from .compiler import build_inference_model, model_bytes
 from .data import load_dataset
 from .errors import CnnspecError, UsageError
-from .files import atomic_write, check_output_path
+from .files import atomic_write, check_writable
 from .sessions import resolve_device
 from .spec import Spec, load_spec
-from .training.loop import Data, Result, Settings, split
+from .training.loop import Data, Result, Settings, TrainingInterrupted, split
 from .training.program import build_train_step
 from .training.trainer import resolve_settings, train_model, write_metrics
 
@@ -28,13 +28,20 @@ def load_data(
     spec: Spec, classes: int, path: Path, val: Path | None, settings: Settings, skip_bad_images: bool = False
 ) -> tuple[Data, Data | None]:
     full = load_dataset(path, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+    _warn(full.warnings)
     train = Data(full.x, full.y)
     if val is not None:
         held = load_dataset(val, spec.input_shape, spec.labels, num_classes=classes, skip_bad_images=skip_bad_images)
+        _warn(held.warnings)
         return train, Data(held.x, held.y)
     if settings.val_split is not None:
         return split(train, settings.val_split, settings.seed)
     return train, None
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def train_command(
@@ -51,18 +58,27 @@ def train_command(
     export_train_step: Path | None = None,
     skip_bad_images: bool = False,
     threads: int | None = None,
+    init_from: Path | None = None,
+    plots: Path | None = None,
     **overrides: Any,
 ) -> Result:
     """The whole `cnnspec train` command: returns the result after writing OUT (and the extras), with its
     summary (`result.summary`, also printed to stderr)."""
     started = time.perf_counter()
-    if val is not None and overrides.get("val_split") is not None:
+    if val is not None and overrides.get("val_split"):  # --val-split 0 means no validation, as in Keras
         raise UsageError("give --val PATH or --val-split F, not both")
+    if backend == "ort-training" and init_from is not None:
+        raise UsageError("--init-from works with --backend native")
     if backend == "ort-training" and device != "cpu":
         raise UsageError("--backend ort-training runs on the CPU only; use --backend native for --device cuda")
-    for path in (output, metrics_json, export_train_step):
-        if path is not None:
-            check_output_path(path, not_same_as=[spec_path, data])
+    # Every output is checked before the data are read and the first step runs: a run that cannot be written
+    # at its end is refused at its start.
+    outputs = {"-o": output, "--metrics-json": metrics_json, "--export-train-step": export_train_step}
+    check_writable(outputs, {"--checkpoint-dir": checkpoint_dir, "--plots": plots}, not_same_as=[spec_path, data])
+    if plots is not None:
+        from . import viz
+
+        plots = viz.plot_dir(plots)  # before the work: matplotlib may be missing
     spec = load_spec(spec_path)
     report = check(spec)
     settings = resolve_settings(spec, **overrides)
@@ -70,7 +86,77 @@ def train_command(
     if export_train_step is not None:
         program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing)
         atomic_write(export_train_step, model_bytes(program.model))
-    train, held = load_data(spec, report.output_shape[0], data, val, settings, skip_bad_images)
+    on_epoch = None
+    if plots is not None:
+        folder = plots
+
+        def on_epoch(history: list[dict[str, Any]]) -> None:
+            viz.plot_curves(history, folder / "curves.png")
+
+    init = None
+    if init_from is not None:
+        from .transfer import init_from as read_init
+
+        init = read_init(init_from, report, log=lambda line: print(line, file=sys.stderr))
+    train, held = load_data(spec, report.classes, data, val, settings, skip_bad_images)
+    try:
+        result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads,
+                        init, on_epoch)  # fmt: skip
+    except TrainingInterrupted as stop:
+        _keep_interrupted(stop, spec, report, output, settings.epochs)
+        raise
+    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
+    if plots is not None:
+        _final_plots(plots, output, held, result.history)
+    if metrics_json is not None:
+        write_metrics(metrics_json, result.history)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    outputs = {"model": output, "metrics_json": metrics_json, "checkpoint_dir": checkpoint_dir,
+               "train_step": export_train_step, "plots": plots}  # fmt: skip
+    result.summary = train_summary(
+        result.history, train_samples=len(train.y), wall_seconds=time.perf_counter() - started, outputs=outputs,
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early, restored_best=settings.patience is not None,
+    )  # fmt: skip
+    print(format_train_summary(result.summary), file=sys.stderr)
+    return result
+
+
+def train(spec: str | Path, data: str | Path, output: str | Path, **options: Any) -> Result:
+    """`cnnspec train SPEC --data DATA -o OUTPUT` from Python, with the command's options as keywords:
+    epochs, batch_size, learning_rate, seed, val_split, patience (each overriding the spec's training section),
+    val, device, backend, checkpoint_dir, resume, metrics_json, export_train_step, skip_bad_images, threads,
+    init_from, plots.
+    Returns the result (final weights and per-epoch history) after writing OUTPUT.
+
+    >>> cnnspec.train("specs/digits.yaml", "digits/", "digits.onnx", epochs=5)   # doctest: +SKIP
+    """
+    for key in ("val", "checkpoint_dir", "metrics_json", "export_train_step", "init_from", "plots"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    return train_command(Path(spec), Path(data), Path(output), **options)
+
+
+def interrupted_path(output: Path, epochs_done: int) -> Path:
+    """Where Ctrl-C without --checkpoint-dir keeps the last completed epoch: beside -o, never -o itself
+    (that name promises the whole run)."""
+    return output.with_name(f"{output.stem}.epoch{epochs_done}{output.suffix or '.onnx'}")
+
+
+def _keep_interrupted(stop: TrainingInterrupted, spec: Spec, report, output: Path, epochs: int) -> None:
+    if stop.params is None:
+        return
+    path = interrupted_path(output, stop.epochs_done)
+    atomic_write(path, model_bytes(build_inference_model(spec, report, stop.params)))
+    print(
+        f"interrupted: wrote {path}, the model after epoch {stop.epochs_done} of {epochs} ('{output}' was not "
+        "written); add --checkpoint-dir DIR to be able to --resume a run",
+        file=sys.stderr,
+    )
+
+
+def _train(
+    spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads, init, on_epoch
+) -> Result:
     if backend == "ort-training":
         result = _ort_backend().train_model(
             spec, train, held, settings, overrides=overrides, checkpoint_dir=checkpoint_dir, resume=resume,
@@ -87,19 +173,26 @@ def train_command(
             resume=resume,
             threads=threads,
             progress=True,
+            init=init,
+            on_epoch=on_epoch,
         )
-    atomic_write(output, model_bytes(build_inference_model(spec, report, result.params)))
-    if metrics_json is not None:
-        write_metrics(metrics_json, result.history)
-    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
-    outputs = {"model": output, "metrics_json": metrics_json, "checkpoint_dir": checkpoint_dir,
-               "train_step": export_train_step}  # fmt: skip
-    result.summary = train_summary(
-        result.history, train_samples=len(train.y), wall_seconds=time.perf_counter() - started, outputs=outputs,
-        best_epoch=result.best_epoch, stopped_early=result.stopped_early, restored_best=settings.patience is not None,
-    )  # fmt: skip
-    print(format_train_summary(result.summary), file=sys.stderr)
     return result
+
+
+def _final_plots(folder: Path, model: Path, held: Data | None, history: list[dict[str, Any]]) -> None:
+    """`--plots`: the curves of the whole run, and the confusion matrix of the trained model on the validation data
+    (when there is any)."""
+    from . import viz
+    from .runtime import Classifier
+
+    viz.plot_curves(history, folder / "curves.png")
+    if held is None:
+        print(f"plots: {folder}/curves.png (no validation data: no confusion_matrix.png)", file=sys.stderr)
+        return
+    classifier = Classifier(model, sandbox=False)  # the model this command has just written
+    counts = viz.confusion_counts(held.y, classifier.scores(held.x, 256).argmax(axis=1), classifier.classes)
+    viz.plot_confusion(counts, classifier.labels, folder / "confusion_matrix.png", title="validation")
+    print(f"plots: {folder}/curves.png, {folder}/confusion_matrix.png", file=sys.stderr)
 
 
 def _ort_backend():

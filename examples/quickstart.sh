@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job on real data: validate every spec, compile one, train the digits spec on
-# scikit-learn's handwritten digits, evaluate it on the held-out 20% and classify PNG images with it.
+# scikit-learn's handwritten digits, evaluate it on the held-out 20%, classify PNG images with it and draw
+# what its convolutions compute.
 set -euo pipefail
 out=${1:-out}
 mkdir -p "$out"
@@ -23,6 +24,9 @@ cnnspec evaluate "$out/digits.onnx" --data "$out/digits/test.npz"
 
 echo "== run: classify PNG files"
 cnnspec run "$out/digits.onnx" "$out/digits/images" --top-k 3
+
+echo "== visualize: the first convolution's kernels and the feature maps of one digit (PNG files)"
+cnnspec visualize "$out/digits.onnx" "$out/digits/images/test000_label7.png" -o "$out/pictures"
 
 echo "== a graph spec: residual blocks with squeeze-excite gates (specs/digits_residual.yaml)"
 cnnspec train specs/digits_residual.yaml --data "$out/digits/train.npz" -o "$out/digits_residual.onnx"

@@ -149,9 +149,9 @@ def test_mnist_idx_dims_whose_product_wraps_in_int64(tmp_path):
 
 
 def test_unknown_and_missing_paths(tmp_path):
-    (tmp_path / "data.csv").write_text("1,2")
+    (tmp_path / "data.txt").write_text("1,2")  # (.csv is a data format: rows of path,label)
     with pytest.raises(DataError, match="not a folder of class subfolders, an .npz file"):
-        load_dataset(tmp_path / "data.csv", (4, 4, 1))
+        load_dataset(tmp_path / "data.txt", (4, 4, 1))
     with pytest.raises(UsageError, match="does not exist"):
         load_dataset(tmp_path / "nope.npz", (4, 4, 1))
     (tmp_path / "empty").mkdir()

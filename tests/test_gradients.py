@@ -158,6 +158,12 @@ CASES = {
     "batchnorm-image": [FIRST, {"type": "BatchNormalization", "momentum": 0.9}, *HEAD],
     "batchnorm-flat": [FIRST, {"type": "Flatten"}, {"type": "BatchNormalization"}, {"type": "Dense", "units": 3}],
     "batchnorm-no-scale-center": [FIRST, {"type": "BatchNormalization", "scale": False, "center": False}, *HEAD],
+    # trainable: false (Keras's frozen layers): no gradients of their own; a frozen BatchNormalization runs in
+    # inference mode (running statistics), so dL/dx passes through its fixed per-channel scale
+    "batchnorm-frozen": [FIRST, {"type": "BatchNormalization", "momentum": 0.9, "trainable": False}, *HEAD],
+    "batchnorm-flat-frozen": [FIRST, {"type": "Flatten"}, {"type": "BatchNormalization", "trainable": False},
+                              {"type": "Dense", "units": 3}],  # fmt: skip
+    "conv-frozen-between": [FIRST, conv(trainable=False), *HEAD],
     "layernorm-image": [FIRST, {"type": "LayerNormalization"}, *HEAD],
     "layernorm-flat": [
         FIRST,

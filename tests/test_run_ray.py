@@ -69,6 +69,7 @@ def assert_same_predictions(rows: list[dict], reference: list[dict]) -> None:
     [
         (["--output", "x.parquet"], "--output only apply with --engine ray"),
         (["--engine", "ray", "-o", "x.jsonl", "--json"], "--json do not apply with --engine ray"),
+        (["--engine", "ray", "-o", "x.jsonl", "--jsonl"], "--jsonl do not apply with --engine ray"),
         (["--engine", "ray"], "give --output"),
         (["--engine", "ray", "-o", "x.csv"], "must end in .parquet or .jsonl"),
     ],

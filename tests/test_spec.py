@@ -71,6 +71,13 @@ KERAS_PREFIX = {  # what keras.layers.X().name starts as in a fresh model
     "SpatialDropout2D": "spatial_dropout2d",
     "StochasticDepth": "stochastic_depth",  # Keras's ConvNeXt layer: the class name in snake case
     "LayerScale": "layer_scale",
+    "RandomFlip": "random_flip",
+    "RandomTranslation": "random_translation",
+    "RandomRotation": "random_rotation",
+    "RandomZoom": "random_zoom",
+    "RandomCrop": "random_crop",
+    "RandomContrast": "random_contrast",
+    "RandomBrightness": "random_brightness",
 }
 
 

@@ -257,12 +257,22 @@ def test_loss_decreases_on_separable_data():
     assert set(result.history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
 
 
+AUGMENTED = NET | {  # the augmentation layers run in the input pipeline: draws keyed on (seed, epoch, batch)
+    "layers": [
+        {"type": "RandomFlip", "mode": "horizontal"},
+        {"type": "RandomTranslation", "height_factor": 0.1, "width_factor": 0.1},
+        {"type": "RandomCrop", "height": 7, "width": 7},
+        {"type": "RandomBrightness", "factor": 0.1, "seed": 5},
+        *NET["layers"],
+    ]
+}
+
 # One session (NET: BatchNormalization mixes the batch) and two shards side by side (SHARDED, 2 threads).
 RUNS = pytest.mark.parametrize(
     "run",
     [{"net": NET}, {"net": SHARDED, "threads": 2, "batch_size": 32}, {"net": RESIDUAL_BN},
-     {"net": RESIDUAL, "threads": 2, "batch_size": 32}],
-    ids=["one-session", "two-shards", "graph-one-session", "graph-two-shards"],
+     {"net": RESIDUAL, "threads": 2, "batch_size": 32}, {"net": AUGMENTED}],
+    ids=["one-session", "two-shards", "graph-one-session", "graph-two-shards", "augmented"],
 )  # fmt: skip
 
 
@@ -306,7 +316,7 @@ def test_checkpoint_folder_refuses_fresh_run_and_other_settings(tmp_path):
     assert (tmp_path / "LATEST").read_text().startswith("step-000000006.npz ")
     with pytest.raises(UsageError, match="already holds checkpoints"):
         train(tmp_path, epochs=1)
-    with pytest.raises(CnnspecError, match="another spec, data or settings"):
+    with pytest.raises(CnnspecError, match="belongs to another run: learning_rate: 0.01 in the checkpoint, 0.5 now"):
         train(tmp_path, resume=True, learning_rate=0.5)
 
 

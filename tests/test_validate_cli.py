@@ -212,4 +212,4 @@ def test_schema_command_prints_the_committed_schema(specs_dir: Path) -> None:
     schema = json.loads(out)
     assert schema == json.loads((specs_dir / "schema.json").read_text(encoding="utf-8"))
     assert schema["$schema"].startswith("https://json-schema.org/")
-    assert set(schema["required"]) == {"name", "input", "layers"}
+    assert set(schema["required"]) == {"input", "layers"}  # name is optional: the file's stem

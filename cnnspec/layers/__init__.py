@@ -7,6 +7,15 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
+from .augmentation import (
+    RandomBrightness,
+    RandomContrast,
+    RandomCrop,
+    RandomFlip,
+    RandomRotation,
+    RandomTranslation,
+    RandomZoom,
+)  # fmt: skip
 from .base import Layer, Lowering, ShapeError
 from .conv import Conv2D, ZeroPadding2D
 from .conv_variants import Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
@@ -54,6 +63,13 @@ LAYER_KINDS: tuple[type[Layer], ...] = (
     SpatialDropout2D,
     StochasticDepth,
     LayerScale,
+    RandomFlip,
+    RandomTranslation,
+    RandomRotation,
+    RandomZoom,
+    RandomCrop,
+    RandomContrast,
+    RandomBrightness,
 )
 LAYERS_BY_TYPE: dict[str, type[Layer]] = {
     kind.model_fields["type"].annotation.__args__[0]: kind for kind in LAYER_KINDS

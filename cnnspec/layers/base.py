@@ -199,6 +199,8 @@ class Layer(BaseModel):
     name: LayerName | None = None
     inputs: LayerInputs | None = None
     """Names of the tensors this layer reads (default: the previous item's output)."""
+    trainable: Annotated[bool, Field(strict=True)] | None = None
+    """false freezes the layer's weights, as Keras's `layer.trainable = False` (None, the default: trainable)."""
 
     keras_name: ClassVar[str]
     """Keras's default name prefix (conv2d, max_pooling2d, ...)."""
@@ -206,9 +208,16 @@ class Layer(BaseModel):
     """(fewest, most) inputs; None: no upper bound."""
     non_trainable: ClassVar[tuple[str, ...]] = ()
     """Parameters updated by the forward pass, not by gradients (BatchNormalization's running stats)."""
+    augmentation: ClassVar[bool] = False
+    """A random augmentation (layers/augmentation.py): applied by the training input pipeline, absent at inference."""
     mixes_batch: ClassVar[bool] = False
     """The training forward mixes the samples of a batch (batch statistics): the batch cannot be cut
     into shards that run apart (training.runner.ShardedStepRunner)."""
+
+    @property
+    def frozen(self) -> bool:
+        """`trainable: false`: no gradient updates, no optimizer state (BatchNormalization: inference mode)."""
+        return self.trainable is False
 
     def output_shape(self, shape: Shape) -> Shape:
         raise NotImplementedError

@@ -63,8 +63,11 @@ class BatchNormalization(Layer):
         p = ctx.params
         gamma = p["weight"] if self.scale else g.constant(ctx.name, np.ones(channels))
         beta = p["bias"] if self.center else g.constant(ctx.name, np.zeros(channels))
-        if ctx.training:
+        if ctx.training and not self.frozen:
             return self._lower_training(g, x, ctx, gamma, beta)
+        # NOTE: a frozen layer runs in inference mode while training, as Keras does since 2.0 (running statistics,
+        # not updated), so a fine-tuned model keeps the statistics it was trained with.
+        ctx.saved.update(gamma=gamma)
         y = g.op(
             "BatchNormalization",
             [x, gamma, beta, p["running_mean"], p["running_var"]],
@@ -110,6 +113,8 @@ class BatchNormalization(Layer):
         """
         from .gradients import channel_axes, float_type, ints, reduce_sum
 
+        if self.frozen:
+            return self._backward_frozen(g, dy, ctx), {}
         scope, axes, s, c = ctx.name, channel_axes(ctx.in_shape), ctx.saved, ctx.in_shape[-1]
         sum_dy = reduce_sum(g, dy, axes, scope, keepdims=1)
         sum_dy_xhat = reduce_sum(g, g.op("Mul", [dy, s["xhat"]], scope), axes, scope, keepdims=1)
@@ -128,6 +133,19 @@ class BatchNormalization(Layer):
         c1, c0 = g.op("Mul", [k, sum_dy_xhat], scope), g.op("Mul", [k, sum_dy], scope)
         dx = g.op("Add", [g.op("Mul", [dy, a], scope), g.op("Mul", [s["xhat"], c1], scope)], scope)
         return g.op("Add", [dx, c0], scope), grads
+
+    def _backward_frozen(self, g: GraphBuilder, dy: str, ctx: Lowering) -> str | None:
+        """Inference mode: y = γ (x - μ_run) / √(σ²_run + ε) + β is affine in x, so dx = dy · γ / √(σ²_run + ε)."""
+        from .gradients import ints
+
+        if not ctx.needs_input_grad:
+            return None
+        scope, c = ctx.name, ctx.in_shape[-1]
+        eps = g.constant(scope, self.epsilon)
+        inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [ctx.params["running_var"], eps], scope)], scope)], scope)
+        a = g.op("Mul", [ctx.saved["gamma"], inv], scope)
+        return g.op("Mul", [dy, g.op("Reshape", [a, ints(g, scope, [c, 1, 1] if len(ctx.in_shape) == 3 else [c])],
+                                                 scope)], scope)  # fmt: skip
 
 
 # ---- per-sample normalizations: LayerNormalization and GroupNormalization ----------------------------------

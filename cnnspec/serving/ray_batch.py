@@ -34,7 +34,16 @@ import numpy as np
 from ..errors import CnnspecError, UsageError
 from ..files import atomic_output, check_output_path
 from ..foreign import Preprocess
-from ..images import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, ImageError, decode, expand_inputs, image_to_array, load_images
+from ..images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_BYTES,
+    ImageError,
+    decode,
+    expand_inputs,
+    image_to_array,
+    load_images,
+    set_max_pixels,
+)
 
 Format = Literal["parquet", "jsonl"]
 _ROWS_PER_BLOCK_BATCHES = 4  # rows per input block = 4 batches: enough blocks for the decode tasks to overlap
@@ -55,6 +64,8 @@ class RayJob:
     resize: str = "stretch"
     labels: tuple[str, ...] | None = None
     preprocess: Preprocess | None = None
+    layout: str = "auto"  # foreign models: nchw, nhwc or auto
+    max_pixels: int | None = None  # --max-pixels: the decompression-bomb cap, set in every decode worker
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def check_engine_options(engine: str, ray_options: dict[str, Any], plain_options
 def ray_run_command(model: Path, inputs: Sequence[str], output: Path | None, address: str | None,
                     concurrency: int | None, gpus_per_worker: float, threads: int | None, batch_size: int,
                     top_k: int, resize: str, labels: Path | None, scale: float | None, mean: str | None,
-                    std: str | None) -> int:  # fmt: skip
+                    std: str | None, layout: str = "auto", max_pixels: int | None = None) -> int:  # fmt: skip
     """`run --engine ray`: the exit code (1 when any image could not be classified, as plain `run`)."""
     from ..foreign import preprocess_from_options, read_labels_file
 
@@ -112,7 +123,8 @@ def ray_run_command(model: Path, inputs: Sequence[str], output: Path | None, add
     job = RayJob(output=output, address=address, concurrency=concurrency, gpus_per_worker=gpus_per_worker,
                  threads=threads or 1, batch_size=batch_size, top_k=top_k, resize=resize,
                  labels=tuple(read_labels_file(labels)) if labels is not None else None,
-                 preprocess=preprocess_from_options(scale, mean, std))  # fmt: skip
+                 preprocess=preprocess_from_options(scale, mean, std), layout=layout,
+                 max_pixels=max_pixels)  # fmt: skip
     summary = run_ray(model, inputs, job)
     print(f"wrote {summary.rows} row(s) to {summary.output}", file=sys.stderr)
     if summary.errors:
@@ -180,12 +192,15 @@ def display_path(raw: bytes) -> str:
 # ---- the two stages (run inside Ray workers) ----------------------------------------------------------------------
 
 
-def decode_batch(batch: dict[str, np.ndarray], chw: tuple[int, int, int], resize: str) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], chw: tuple[int, int, int], resize: str,
+                 max_pixels: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """{row, source, given} -> {row, path, pixels [N, C, H, W], error ('' when fine)}; bad files keep zero pixels.
 
     `source` is what the worker opens (local paths made absolute: a worker's cwd is not the driver's), `given` the
     path as the user typed it, which the row and its error message show, as in `run --json`.
     """
+    if max_pixels is not None:  # a worker is another process: the driver's --max-pixels does not reach it
+        set_max_pixels(max_pixels)
     sources = [os.fsdecode(bytes(s)) for s in batch["source"]]
     given = [os.fsdecode(bytes(s)) for s in batch["given"]]
     local = [i for i, s in enumerate(sources) if not is_uri(s)]
@@ -228,7 +243,7 @@ class ClassifyActor:
         # The driver already probed these bytes in a sandbox; the actor itself is the isolation here.
         labels = list(job.labels) if job.labels is not None else None
         self.clf = Classifier(path, device=device, threads=threads, labels=labels, preprocess=job.preprocess,  # type: ignore[arg-type]
-                              sandbox=False)  # fmt: skip
+                              layout=job.layout, sandbox=False)  # fmt: skip
         self.top_k, self.batch_size = job.top_k, job.batch_size
         self._crash_marker, self._batches = crash_marker, 0
 
@@ -284,7 +299,8 @@ def run_ray(model_path: Path, inputs: Sequence[str], job: RayJob, notify: Any = 
     ray = import_ray()
     device = "cuda" if job.gpus_per_worker > 0 else "cpu"
     # Checks the model in this process (allowlist, sandboxed probe) before any worker sees it; CPU is enough here.
-    clf = Classifier(model_path, device="cpu", threads=1, labels=job.labels, preprocess=job.preprocess)
+    labels = list(job.labels) if job.labels is not None else None
+    clf = Classifier(model_path, device="cpu", threads=1, labels=labels, preprocess=job.preprocess, layout=job.layout)
     for warning in clf.warnings:
         (notify or _stderr)(f"warning: {warning}")
     clf.session  # noqa: B018 - waits for the sandboxed probe: a model that crashes onnxruntime stops here
@@ -333,8 +349,9 @@ def _execute(ray: Any, model: bytes, chw: tuple[int, int, int], sources: list[st
         for i in range(0, len(given), step)
     ]  # fmt: skip
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"chw": chw, "resize": job.resize}, batch_size=job.batch_size,
-                        batch_format="numpy", num_cpus=1)  # fmt: skip
+    decode_args = {"chw": chw, "resize": job.resize, "max_pixels": job.max_pixels}
+    ds = ds.map_batches(decode_batch, fn_kwargs=decode_args, batch_size=job.batch_size, batch_format="numpy",
+                        num_cpus=1)  # fmt: skip
     resources = ray.cluster_resources()
     if job.address is None and job.gpus_per_worker > resources.get("GPU", 0):
         # A cluster may add GPU nodes on demand; a local Ray never will, and Ray Data would wait for them forever.

@@ -52,6 +52,8 @@ class TrainState:
     """Hash of the spec, data and settings: a checkpoint resumes only the run that made it."""
     seed: int = 0
     """The RNG state: every draw comes from a generator keyed on (seed, epoch, batch), see loop.py."""
+    fingerprint_parts: dict[str, Any] = field(default_factory=dict)
+    """What went into the fingerprint (settings, spec and data hashes): names what differs on a refused resume."""
 
 
 def encode(state: TrainState) -> bytes:
@@ -66,6 +68,7 @@ def encode(state: TrainState) -> bytes:
         "history": state.history,
         "best_info": state.best_info,
         "fingerprint": state.fingerprint,
+        "fingerprint_parts": state.fingerprint_parts,
         "rng": {"seed": state.seed, "shuffle": "(seed, epoch, 0)", "dropout": "(seed, epoch, 1, batch)"},
         "format": 1,
     }
@@ -97,6 +100,7 @@ def decode(data: bytes, source: str) -> TrainState:
         meta["best_info"],
         meta["fingerprint"],
         meta["rng"]["seed"],
+        meta.get("fingerprint_parts", {}),  # absent in checkpoints written before it was added
     )
 
 

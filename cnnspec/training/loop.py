@@ -2,8 +2,8 @@
 
 Every random draw comes from a generator keyed on (seed, epoch, ...): the shuffle order of an epoch
 on (seed, epoch, 0), the dropout masks of a batch on (seed, epoch, 1, batch), the validation split
-on (seed, 2). So a run resumed from any checkpoint redraws exactly what the uninterrupted run drew,
-and ends with bitwise the same weights.
+on (seed, 2), the augmentation layers' draws on (seed, epoch, 3, batch, layer). So a run resumed from
+any checkpoint redraws exactly what the uninterrupted run drew, and ends with bitwise the same weights.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,16 @@ class Result:
     """The end-of-run summary (command_reports.train_summary), set by `cnnspec train`."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C without a checkpoint folder: carries the weights after the last completed epoch (None before the
+    first), for the caller to keep. A KeyboardInterrupt, so everything else treats it as Ctrl-C (exit 130)."""
+
+    def __init__(self, epochs_done: int, params: dict[str, np.ndarray] | None) -> None:
+        super().__init__(f"interrupted after {epochs_done} epoch(s)")
+        self.epochs_done = epochs_done
+        self.params = params
+
+
 def rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, *key])
 
@@ -94,6 +105,15 @@ def dropout_masks(program: Program, seed: int, epoch: int, batch: int, n: int) -
     return masks
 
 
+def augment_batch(layers: list[Any], x: np.ndarray, seed: int, epoch: int, batch: int) -> np.ndarray:
+    """The augmentation layers on a batch of raw pixels [N, C, H, W]; layer i draws from (seed, epoch, 3, batch, i)
+    (and its own `seed` when it has one)."""
+    from ..layers.augmentation import apply_augmentations
+
+    keys = [(3, batch, i) if layer.seed is None else (3, batch, i, layer.seed) for i, layer in enumerate(layers)]
+    return apply_augmentations(layers, x, [rng(seed, epoch, *key) for key in keys])
+
+
 @dataclass
 class Loop:
     """One training run; `run()` continues from `state` (fresh or loaded from a checkpoint)."""
@@ -110,6 +130,10 @@ class Loop:
     checkpoints: CheckpointDir | None = None
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     progress: Any = None
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None
+    """Called with the history after every epoch (`train --plots`: curves.png)."""
+    augmentation: list[Any] = field(default_factory=list)
+    """The spec's augmentation layers (layers/augmentation.py), applied to each training batch in this order."""
     _interrupted: bool = field(default=False, init=False)
 
     @property
@@ -145,11 +169,10 @@ class Loop:
         task = self.progress.add_task(f"epoch {st.epoch + 1}/{s.epochs}", total=self.batches) if self.progress else None
         if task is not None:
             self.progress.update(task, completed=st.batch)
-        while st.batch < self.batches:
+        for index, x in self._batches(order):
             if self._interrupted:
                 self._save_and_stop()
-            index = order[st.batch * s.batch_size : (st.batch + 1) * s.batch_size]
-            self._step(index)
+            self._step(index, x)
             seen_here += len(index)
             if task is not None:
                 rate = seen_here / max(time.perf_counter() - started, 1e-9)
@@ -158,11 +181,34 @@ class Loop:
             self.progress.remove_task(task)
         return self._end_epoch(time.perf_counter() - started, seen_here)
 
-    def _step(self, index: np.ndarray) -> None:
+    def _batches(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample indices, pixels) of the epoch's remaining batches. With augmentation, the next batch is
+        prepared on a worker thread while the current one trains (numpy and onnxruntime release the GIL)."""
+        s, st = self.settings, self.state
+
+        def prepare(batch: int) -> tuple[np.ndarray, np.ndarray]:
+            index = order[batch * s.batch_size : (batch + 1) * s.batch_size]
+            if not self.augmentation:
+                return index, self.train.x[index]
+            return index, augment_batch(self.augmentation, self.train.x[index], s.seed, st.epoch, batch)
+
+        if not self.augmentation:
+            while st.batch < self.batches:
+                yield prepare(st.batch)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnspec-augment") as pool:
+            upcoming = pool.submit(prepare, st.batch)
+            while st.batch < self.batches:
+                ready = upcoming.result()
+                if st.batch + 1 < self.batches:
+                    upcoming = pool.submit(prepare, st.batch + 1)
+                yield ready
+
+    def _step(self, index: np.ndarray, x: np.ndarray) -> None:
         s, st = self.settings, self.state
         masks = {} if self.program is None else dropout_masks(self.program, s.seed, st.epoch, st.batch, len(index))
         lr = s.lr_at(st.epoch, st.step, self.batches)
-        loss, correct = self.runner.step(self.train.x[index], self.train.y[index], lr, st.step, masks)
+        loss, correct = self.runner.step(x, self.train.y[index], lr, st.step, masks)
         if not math.isfinite(loss):
             raise CnnspecError(
                 f"training diverged at epoch {st.epoch + 1}, batch {st.batch + 1}: the loss is {loss}; "
@@ -191,6 +237,8 @@ class Loop:
             row["val_loss"], row["val_accuracy"] = self.evaluator(st.params, self.val.x, self.val.y, 256)
         st.history.append(row)
         self.log(_epoch_line(row, s.epochs, seen_here / max(seconds, 1e-9)))
+        if self.on_epoch is not None:
+            self.on_epoch(st.history)
         stop = self._early_stopping(row)
         st.epoch, st.batch = st.epoch + 1, 0
         st.sums = {"loss": 0.0, "correct": 0, "seen": 0}
@@ -217,7 +265,10 @@ class Loop:
 
     def _save_and_stop(self) -> None:
         if self.checkpoints is None:
-            self.log("interrupted: nothing saved (no --checkpoint-dir)")
+            # The caller (train_command) writes the model of the last completed epoch, if there is one.
+            if self.state.epoch == 0:
+                self.log("interrupted during epoch 1: nothing to keep yet (--checkpoint-dir saves within an epoch)")
+            raise TrainingInterrupted(self.state.epoch, self.state.params if self.state.epoch else None)
         else:
             self.state.params, self.state.opt = self.runner.params(), self.runner.state()
             path = self.checkpoints.save(self.state)

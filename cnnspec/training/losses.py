@@ -48,6 +48,34 @@ def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoot
     return LossNodes(loss, dlogits, correct)
 
 
+def binary_cross_entropy(g: GraphBuilder, logits: str, labels: str, smoothing: float = 0.0) -> LossNodes:
+    """Keras's binary_crossentropy on one sigmoid unit, from its logit z (N, 1) and integer labels y in {0, 1}.
+
+    With Keras's label smoothing t = y·(1 - ε) + ε/2 and p = σ(z):
+      loss = -(1/N) Σ_n [t log p + (1 - t) log(1 - p)] = (1/N) Σ_n [max(z, 0) - t·z + log(1 + exp(-|z|))]
+      dL/dz = (σ(z) - t) / N      (the fused sigmoid + cross-entropy gradient, like the softmax one)
+    The right-hand form never takes the log of 0 or exp of a large positive number.
+    """
+    column = ints(g, SCOPE, [-1, 1])
+    y = g.op("Reshape", [g.op("Cast", [labels], SCOPE, to=float_type(g)), column], SCOPE)
+    target = y
+    if smoothing:
+        scale, shift = g.constant(SCOPE, [1.0 - smoothing]), g.constant(SCOPE, [smoothing / 2])
+        target = g.op("Add", [g.op("Mul", [y, scale], SCOPE), shift], SCOPE)
+    one = g.constant(SCOPE, [1.0])
+    tail = g.op("Exp", [g.op("Neg", [g.op("Abs", [logits], SCOPE)], SCOPE)], SCOPE)  # exp(-|z|) <= 1
+    soft = g.op("Log", [g.op("Add", [one, tail], SCOPE)], SCOPE)
+    hinge = g.op("Sub", [g.op("Relu", [logits], SCOPE), g.op("Mul", [target, logits], SCOPE)], SCOPE)
+    per_sample = g.op("Add", [hinge, soft], SCOPE)
+    loss = g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)
+    batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    dlogits = g.op("Div", [g.op("Sub", [g.op("Sigmoid", [logits], SCOPE), target], SCOPE), batch], SCOPE)
+    positive = g.op("Cast", [g.op("Greater", [logits, g.constant(SCOPE, [0.0])], SCOPE)], SCOPE, to=7)  # 7 = INT64
+    predicted = g.op("Reshape", [positive, ints(g, SCOPE, [-1])], SCOPE)
+    hits = g.op("Cast", [g.op("Equal", [predicted, labels], SCOPE)], SCOPE, to=7)
+    return LossNodes(loss, dlogits, reduce_sum(g, hits, [0], SCOPE))
+
+
 def logits_of(last: Layer, ctx: Lowering, output: str) -> tuple[str, bool]:
     """The tensor the loss reads and whether it is the last softmax's input (fused gradient).
 

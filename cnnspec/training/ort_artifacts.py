@@ -122,6 +122,13 @@ def unsupported(spec: Spec) -> list[Issue]:
         issues.append(
             Issue(f"training.optimizer: --backend ort-training {why}. Hint: {hint}", None, "training.optimizer")
         )
+    from ..analysis import analyze
+
+    report = analyze(spec)
+    if report.valid and report.binary:
+        why = "--backend ort-training trains with CrossEntropyLoss only, not a binary head's binary cross-entropy"
+        hint = "--backend native, or units: 2 with activation: softmax"
+        issues.append(Issue(f"{why}. Hint: {hint}", report.layers[-1].index, "activation"))
     if t.label_smoothing > 0:
         why = "--backend ort-training's CrossEntropyLoss has no label smoothing"
         hint = "label_smoothing: 0, or --backend native"

@@ -24,7 +24,7 @@ from ..graph import param_name
 from ..shapes import hwc_to_chw
 from ..spec import Spec
 from .autodiff import backward
-from .losses import cross_entropy, logits_of
+from .losses import binary_cross_entropy, cross_entropy, logits_of
 from .optimizers import Optimizer
 
 INPUT, LABELS, LR, STEP, LOSS, CORRECT = "input", "labels", "learning_rate", "step", "loss", "correct"
@@ -58,6 +58,9 @@ def _float(g: GraphBuilder) -> int:
 def _forward(g: GraphBuilder, spec: Spec, report: Report, training: bool, smoothing: float):
     x = lower_preprocess(g, spec, INPUT)
     forward = lower_layers(g, report, x, lambda name: name, training=training)
+    if report.binary:  # one sigmoid unit: binary cross-entropy on its logit, the sigmoid's input
+        logit = forward.contexts[-1].pre_activation
+        return forward, binary_cross_entropy(g, logit, LABELS, smoothing), True
     logits, fused = logits_of(report.layers[-1].layer, forward.contexts[-1], forward.output)
     loss = cross_entropy(g, logits, LABELS, report.output_shape[0], smoothing)
     return forward, loss, fused
