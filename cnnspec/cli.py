@@ -288,11 +288,30 @@ def run(
     mean: MeanOpt = None,
     std: StdOpt = None,
     no_cuda_graph: NoCudaGraphOpt = False,
+    engine: Annotated[
+        Literal["plain", "ray"], typer.Option("--engine", help="plain (this process) or ray (Ray Data; cnnspec[ray]).")
+    ] = "plain",
+    address: Annotated[Optional[str], typer.Option("--address", help="ray: join this cluster.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ray: rows to a .parquet or .jsonl.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", min=1, max=99999, help="ray: actors.")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0, help="ray: GPUs per actor.")] = 0.0,
 ) -> None:
     """Classify images; exit 1 when any image could not be used (each failure is reported in its own entry)."""
     from .images import expand_inputs
     from .run_report import render_results, results_json
+    from .serving.ray_batch import check_engine_options
 
+    ray_options = {"--address": address, "--output": output, "--concurrency": concurrency,
+                   "--gpus-per-worker": gpus_per_worker or None}  # fmt: skip
+    plain_options = {"--json": as_json or None, "--jsonl": jsonl or None, "--no-cuda-graph": no_cuda_graph or None,
+                     "--device": None if device == "cpu" else device}  # fmt: skip
+    check_engine_options(engine, ray_options, plain_options)
+    if engine == "ray":
+        from .serving.ray_batch import ray_run_command
+
+        code = ray_run_command(model, inputs, output, address, concurrency, gpus_per_worker, threads, batch_size,
+                               top_k, resize, labels, scale, mean, std, layout, max_pixels)  # fmt: skip
+        raise typer.Exit(code)
     _max_pixels(max_pixels)
     clf = _classifier(model, device, threads, labels, scale, mean, std, layout, cuda_graph=not no_cuda_graph)
     if jsonl:

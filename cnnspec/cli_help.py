@@ -30,6 +30,8 @@ DATA, OPTIMIZATION, OUTPUTS, DEVICES, FOREIGN = (
     "Data", "Optimization", "Outputs and checkpoints", "Devices", "Models made elsewhere",
 )  # fmt: skip
 
+RAY = "Ray Data (--engine ray, cnnspec[ray])"
+
 # Option groups, by command and parameter name; options not listed stay under "Options".
 PANELS: dict[str, dict[str, str]] = {
     "train": {
@@ -42,6 +44,7 @@ PANELS: dict[str, dict[str, str]] = {
     "run": {
         "device": DEVICES, "batch_size": DEVICES, "threads": DEVICES,
         "labels": FOREIGN, "scale": FOREIGN, "mean": FOREIGN, "std": FOREIGN,
+        "engine": RAY, "address": RAY, "output": RAY, "concurrency": RAY, "gpus_per_worker": RAY,
     },
     "evaluate": {
         "data": DATA, "skip_bad_images": DATA,
@@ -58,7 +61,10 @@ EXAMPLES: dict[str, list[str]] = {
     "compile": ["cnnspec compile specs/seed.yaml -o seed.onnx", "cnnspec compile specs/seed.yaml -o seed.onnx --json"],
     "inspect": ["cnnspec inspect seed.onnx", "cnnspec inspect seed.onnx --json"],
     "export-artifacts": ["cnnspec export-artifacts specs/digits.yaml artifacts/"],
-    "run": ["cnnspec run digits.onnx one.png photos/", "cnnspec run digits.onnx 'scans/*.png' --top-k 1 --json"],
+    "run": [
+        "cnnspec run digits.onnx one.png 'scans/*.png' --top-k 1 --json",
+        "cnnspec run digits.onnx photos/ s3://bucket/scans/ --engine ray -o preds.parquet --concurrency 4",
+    ],
     "evaluate": ["cnnspec evaluate digits.onnx --data test.npz", "cnnspec evaluate digits.onnx --data images/ --json"],
     "train": [
         "cnnspec train specs/digits.yaml --data digits.npz -o digits.onnx --val-split 0.2",

@@ -17,7 +17,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import CnnspecError, UsageError
@@ -190,6 +190,36 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise CnnspecError(f"could not write '{path}': {exc.strerror or exc}") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """For writers that stream (Parquet, JSON Lines): yield a temp path next to `path` to write to; when the block
+    ends normally the temp file is fsynced, chmodded and renamed over `path` (as in atomic_write); on any
+    exception it is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UsageError(f"output '{path}' exists and is not a regular file (a device, FIFO or socket)")
+    _remove_stale_temps(path)
+    temp = _temp_name(path)
+    try:
+        yield temp
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(temp, mode & ~_UMASK)
+        _test_hook()
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         if isinstance(exc, OSError):
             raise CnnspecError(f"could not write '{path}': {exc.strerror or exc}") from None
         raise

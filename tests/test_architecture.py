@@ -120,6 +120,7 @@ FLOORS: list[tuple[str, set[str]]] = [
             "cnnspec.serving.server",
             "cnnspec.serving.cli_serve",
             "cnnspec.serving.triton",
+            "cnnspec.serving.ray_batch",
         },
     ),
     ("cli", {"cnnspec.cli", "cnnspec.cli_help", "cnnspec.__main__"}),
