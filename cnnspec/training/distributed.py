@@ -169,6 +169,7 @@ def train_distributed(
     from ..analysis import check
     from .program import build_eval
     from .runner import Evaluator, cpu_cores
+    from .trainer import augmentation_layers
 
     threads = threads or max(1, cpu_cores() // launch.local_world)
     report = check(spec)
@@ -186,7 +187,8 @@ def train_distributed(
             from .trainer import _progress
 
             bar = stack.enter_context(_progress())
-        loop = Loop(settings, staged.program, runner, evaluator, train, val, state, ckpt, progress=bar)
+        loop = Loop(settings, staged.program, runner, evaluator, train, val, state, ckpt, progress=bar,
+                    augmentation=augmentation_layers(spec))  # fmt: skip
         loop.log = (log or _stderr) if lead else _quiet
         return loop.run()
 
@@ -196,19 +198,20 @@ def _shared_start(stack: ExitStack, comm: TorchComm, start, checkpoint_dir, resu
     error, to every rank; a rank whose spec, settings or data differ from rank 0's (the fingerprint) stops."""
     from ..compiler import initial_params
     from .checkpoints import CheckpointDir, TrainState
-    from .trainer import _start_state, fingerprint
+    from .trainer import _start_state, fingerprint, fingerprint_parts
 
     spec, report, settings, train, trainable = start
-    key = fingerprint(spec, settings, train)
+    key, parts = fingerprint(spec, settings, train), fingerprint_parts(spec, settings, train)
     ckpt, message = None, [None]
     if lead:
         try:
             ckpt = stack.enter_context(CheckpointDir(checkpoint_dir)) if checkpoint_dir else None
-            state = _start_state(ckpt, resume, key, log or _stderr)
+            state = _start_state(ckpt, resume, key, log or _stderr, parts, settings.epochs)
             if state is None:
                 params = initial_params(spec, report, settings.seed)
                 state = TrainState(params, settings.optimizer.initial_state({p: params[p] for p in trainable}))
                 state.fingerprint, state.seed = key, settings.seed
+            state.fingerprint_parts = parts
             message = [("state", state)]
         except CnnspecError as exc:
             message = [("error", str(exc))]
