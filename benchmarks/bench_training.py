@@ -67,13 +67,14 @@ def profile(spec, threads: int, steps: int = 10, top: int = 15, batch_size: int 
     import onnxruntime as ort
 
     from cnnspec.compiler import initial_params, model_bytes
+    from cnnspec.sessions import NO_SPINNING
     from cnnspec.training.loop import dropout_masks
-    from cnnspec.training.runner import NO_SPINNING
 
     report, settings, program = train_program(spec)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True
+    options.enable_mem_pattern = False  # as sessions.make_session(training=True)
     for key, value in NO_SPINNING.items():
         options.add_session_config_entry(key, value)
     with tempfile.TemporaryDirectory() as folder:

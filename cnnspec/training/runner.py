@@ -21,11 +21,6 @@ from .program import CORRECT, INPUT, LABELS, LOSS, LR, STEP, Program, build_shar
 if TYPE_CHECKING:
     from .optimizers import Optimizer
 
-# NOTE: a train step is hundreds of operators; onnxruntime's spinning worker threads then lose most of
-# the time when another process holds a core (measured here: 2 spinning threads 2x slower than 1).
-# Without spinning, idle workers sleep and a busy machine costs little.
-NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
-
 
 class StepRunner:
     """One train-step session and the device-resident values of its parameters and state."""
@@ -36,7 +31,7 @@ class StepRunner:
         if program.serial and threads != 1:
             raise ValueError("a serial train-step program runs with threads=1")
         self.program, self.device = program, device
-        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING)
+        self.session = make_session(model_bytes(program.model), device, threads, training=True)
         self.names = program.params + program.state
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ort = ort
@@ -132,7 +127,7 @@ class ShardedStepRunner:
         per_shard = max(1, self._threads // shards)
         if gradients.serial and per_shard != 1:
             raise ValueError("a serial gradients program runs with one thread per shard")
-        self.sessions = [make_session(data, "cpu", per_shard, NO_SPINNING) for _ in range(shards)]
+        self.sessions = [make_session(data, "cpu", per_shard, training=True) for _ in range(shards)]
         self._updates: dict[int, tuple[Any, Program]] = {}
         self.state_names = self._update(shards)[1].state
         self.names = gradients.params + self.state_names
@@ -157,7 +152,7 @@ class ShardedStepRunner:
         """The update session for `shards` shards (the last batch of an epoch may have fewer images than K)."""
         if shards not in self._updates:
             program = build_shard_update(self.program, self.optimizer, shards)
-            session = make_session(model_bytes(program.model), "cpu", self._threads, NO_SPINNING)
+            session = make_session(model_bytes(program.model), "cpu", self._threads, training=True)
             self._updates[shards] = (session, program)
         return self._updates[shards]
 
@@ -237,7 +232,7 @@ class Evaluator:
 
     def __init__(self, program: Program, device: str = "cpu", threads: int | None = None, device_id: int = 0) -> None:
         self.program = program
-        self.session = make_session(model_bytes(program.model), device, threads, NO_SPINNING, device_id=device_id)
+        self.session = make_session(model_bytes(program.model), device, threads, training=True, device_id=device_id)
 
     def __call__(self, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
         total, correct = 0.0, 0

@@ -46,7 +46,6 @@ from .program import (
     shard_grad,
     shard_weight,
 )
-from .runner import NO_SPINNING
 
 GLOBAL_BATCH = "sync.batch"
 """Graph input: the number of images in the global batch (float scalar), the divisor of the loss's mean."""
@@ -225,14 +224,15 @@ class StagedStepRunner:
         self.staged, self.comm, self.program = staged, comm, staged.program
         kind, index = comm.device
         self.sessions = [
-            make_session(model_bytes(s.model), kind, threads, NO_SPINNING, device_id=index) for s in staged.stages
+            make_session(model_bytes(s.model), kind, threads, device_id=index, shared_arena=True, training=True)
+            for s in staged.stages
         ]
         update = build_shard_update(self.program, optimizer, 1)
         self.update_program = update
         self.update = None
         if update_threads is not None:
             self.update = make_session(
-                model_bytes(update.model), kind, update_threads or threads, NO_SPINNING, device_id=index
+                model_bytes(update.model), kind, update_threads or threads, device_id=index, training=True
             )  # fmt: skip
         self.state_names = update.state
         self.names = self.program.params + self.state_names
@@ -257,6 +257,15 @@ class StagedStepRunner:
             self._slots[f"grad.{p}"] = self._slots[shard_grad(0, p)] = (self._flat, at, self._shapes[p])
         self._slots[LOSS] = (self._flat, offset, [])
         self.values: dict[str, Any] = {}
+        # a value handed from stage to stage is dropped after the last stage that reads it (not at the end of the
+        # step), so the later stages can reuse its memory
+        last_read = {t: k for k, s in enumerate(staged.stages) for t in s.inputs}
+        finals = {o.name for o in self.program.model.graph.output}
+        self._done_after: list[list[str]] = [[] for _ in staged.stages]
+        for stage in staged.stages:
+            for t in stage.outputs:
+                if t in last_read and t not in self._slots and t not in finals:
+                    self._done_after[last_read[t]].append(t)
 
     def load(self, params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
         import onnxruntime as ort
@@ -315,6 +324,8 @@ class StagedStepRunner:
         produced: dict[str, Any] = {}
         for k in range(len(self.sessions)):
             self._run_stage(k, feeds, produced)
+            for name in self._done_after[k]:
+                del produced[name]
             if k < len(self._buffers):
                 self.comm.all_reduce(self._buffers[k])
         correct = produced.pop(CORRECT, None)
