@@ -45,14 +45,15 @@ def timed(step, seconds: float, batch_size: int = BATCH) -> float:
     return n * batch_size / (time.perf_counter() - start)
 
 
-def train_program(spec, device: str = "cpu"):
+def train_program(spec, device: str = "cpu", serial: bool = False):
     from cnnspec.analysis import check
     from cnnspec.training.program import build_train_step
     from cnnspec.training.trainer import resolve_settings
 
     report = check(spec)
     settings = resolve_settings(spec)
-    program = build_train_step(spec, report, settings.optimizer, settings.label_smoothing, device=device)
+    smoothing = settings.label_smoothing
+    program = build_train_step(spec, report, settings.optimizer, smoothing, device=device, serial=serial)
     return report, settings, program
 
 
@@ -70,7 +71,8 @@ def profile(spec, threads: int, steps: int = 10, top: int = 15, batch_size: int 
     from cnnspec.sessions import NO_SPINNING
     from cnnspec.training.loop import dropout_masks
 
-    report, settings, program = train_program(spec)
+    # one thread: the serial formulations, as `cnnspec train --threads 1` and each CPU shard run them
+    report, settings, program = train_program(spec, serial=threads == 1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True

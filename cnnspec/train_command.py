@@ -82,8 +82,6 @@ def train_command(
     launch = _launch_env()
     if launch is not None and backend != "native":
         raise UsageError("data-parallel training (torchrun) runs the native backend only; drop --backend")
-    if launch is not None and init_from is not None:
-        raise UsageError("--init-from is not supported in data-parallel training (torchrun) yet; drop it there")
     lead = launch is None or launch.rank == 0  # under torchrun, rank 0 alone writes files
     spec = load_spec(spec_path)
     report = check(spec)
@@ -103,7 +101,7 @@ def train_command(
     if init_from is not None:
         from .transfer import init_from as read_init
 
-        init = read_init(init_from, report, log=lambda line: print(line, file=sys.stderr))
+        init = read_init(init_from, report, log=lambda line: print(line, file=sys.stderr) if lead else None)
     train, held = load_data(spec, report.classes, data, val, settings, skip_bad_images)
     try:
         result = _train(spec, train, held, settings, overrides, device, backend, checkpoint_dir, resume, threads,
@@ -171,7 +169,7 @@ def _train(
 
         result = train_distributed(
             launch, spec, train, held, settings, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
-            threads=threads, progress=True,
+            threads=threads, progress=True, init=init, on_epoch=on_epoch,
         )  # fmt: skip
     elif backend == "ort-training":
         result = _ort_backend().train_model(

@@ -54,23 +54,41 @@ training: {optimizer: OPT, learning_rate: 0.02, epochs: 3, batch_size: 16}
 """
 
 
+BINARY_SPEC = """
+name: dp_binary
+input: {shape: [8, 8, 1]}
+labels: ["no", "yes"]
+preprocess: {scale: 0.00392156862745098}
+layers:
+  - {type: Conv2D, name: features, filters: 4, kernel_size: 3, padding: same, use_bias: false, trainable: false}
+  - {type: BatchNormalization}
+  - {type: Activation, activation: relu}
+  - {type: MaxPooling2D}
+  - {type: Flatten}
+  - {type: Dense, units: 1, activation: sigmoid}
+training: {optimizer: adam, learning_rate: 0.02, epochs: 2, batch_size: 16}
+"""
+
+
 def spec_text(optimizer: str) -> str:
     return SPEC.replace("OPT", optimizer)
 
 
 @pytest.mark.parametrize("shards", [1, 3])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_staged_step_equals_the_one_session_step(optimizer, shards):
+@pytest.mark.parametrize(("optimizer", "binary"), [("sgd", False), ("adam", False), ("sgd", True)])
+def test_staged_step_equals_the_one_session_step(optimizer, binary, shards):
     """One rank on its own, and 3 shards on threads summing their batch statistics between the stages (what a
     multi-core CPU runs for a net with BatchNormalization), run the staged program (3 all-reduces per
-    BatchNormalization) as the fused step."""
+    BatchNormalization) as the fused step; also with a frozen layer and a binary head (its loss too divides
+    by the global batch)."""
     import yaml
 
-    spec = spec_from_data(yaml.safe_load(spec_text(optimizer)))
+    spec = spec_from_data(yaml.safe_load(BINARY_SPEC.replace("adam", optimizer) if binary else spec_text(optimizer)))
     report = check(spec)
     settings = resolve_settings(spec)
     staged = build_staged(spec, report, settings.optimizer, 0.0, "cpu", serial=True)
-    assert len(staged.stages) == 3 * 3 + 1
+    # 3 all-reduces per BatchNormalization; 2 for one under a frozen layer (no dL/dx to sum for)
+    assert len(staged.stages) == (2 if binary else 3 * 3) + 1
     fused = build_train_step(spec, report, settings.optimizer, serial=True)
     params = initial_params(spec, report, 0)
     state = settings.optimizer.initial_state({p: params[p] for p in fused.trainable})
@@ -84,7 +102,7 @@ def test_staged_step_equals_the_one_session_step(optimizer, shards):
     rng = np.random.default_rng(1)
     for step in range(5):
         x = rng.integers(0, 256, (13, 1, 8, 8)).astype(np.float32)
-        y = rng.integers(0, 3, 13)
+        y = rng.integers(0, 2 if binary else 3, 13)
         masks = dropout_masks(fused, 0, 0, step, 13)
         (loss_a, hits_a), (loss_b, hits_b) = (r.step(x, y, 0.02, step, masks) for r in runners)
         assert hits_a == hits_b
@@ -222,3 +240,26 @@ def test_the_nccl_path_on_one_gpu_trains_the_cpu_model(folder):
     a, b = weights(folder / "gpu.onnx"), weights(folder / "cpu.onnx")
     for name in b:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_two_ranks_with_init_from_a_frozen_layer_and_a_binary_head(folder):
+    """--init-from, `trainable: false` and a sigmoid head under torchrun: the weights of one process, and the
+    frozen layer still holds the source model's weights (rank 0 loads them and broadcasts the start state)."""
+    with np.load(folder / "data.npz") as d:
+        np.savez(folder / "data.npz", x=d["x"], y=(d["y"] > 0).astype(np.int64))
+    (folder / "spec.yaml").write_text(BINARY_SPEC.replace(", trainable: false", ""))
+    source = run(train_args(folder, "source.onnx"), None)
+    assert source.returncode == 0, source.stderr
+    (folder / "spec.yaml").write_text(BINARY_SPEC)
+    init = ("--init-from", str(folder / "source.onnx"))
+    one = run(train_args(folder, "one.onnx", *init), None)
+    assert one.returncode == 0, one.stderr
+    two = run(train_args(folder, "two.onnx", *init, "--plots", str(folder / "plots")), 2)
+    assert two.returncode == 0, two.stderr
+    assert two.stderr.count("init-from") == one.stderr.count("init-from") > 0  # rank 0 alone logs
+    assert_same_weights(folder / "two.onnx", folder / "one.onnx")
+    frozen = [n for n in weights(folder / "one.onnx") if n.startswith("features")]
+    assert frozen
+    for name in frozen:
+        np.testing.assert_array_equal(weights(folder / "two.onnx")[name], weights(folder / "source.onnx")[name])
+    assert (folder / "plots" / "curves.png").stat().st_size > 1000

@@ -164,8 +164,12 @@ def train_distributed(
     threads: int | None = None,
     progress: bool = False,
     log=None,
+    init=None,
+    on_epoch=None,
 ) -> Result:
-    """Train on `launch.world` ranks; every rank returns the same result (rank 0 writes the files)."""
+    """Train on `launch.world` ranks; every rank returns the same result (rank 0 writes the files). As
+    trainer.train_model: `init` turns rank 0's fresh weights into the start weights (`--init-from`), and rank 0
+    calls `on_epoch` after each epoch (`--plots`)."""
     from ..analysis import check
     from .program import build_eval
     from .runner import Evaluator, cpu_cores
@@ -180,7 +184,7 @@ def train_distributed(
         runner = RankRunner(staged, settings.optimizer, comm, threads)
         evaluator = Evaluator(build_eval(spec, report, settings.label_smoothing), device, threads, comm.device[1])
         lead = launch.rank == 0
-        start = (spec, report, settings, train, staged.program.trainable)
+        start = (spec, report, settings, train, staged.program.trainable, init)
         ckpt, state = _shared_start(stack, comm, start, checkpoint_dir, resume, log, lead)
         bar = None
         if progress and lead:
@@ -188,7 +192,7 @@ def train_distributed(
 
             bar = stack.enter_context(_progress())
         loop = Loop(settings, staged.program, runner, evaluator, train, val, state, ckpt, progress=bar,
-                    augmentation=augmentation_layers(spec))  # fmt: skip
+                    augmentation=augmentation_layers(spec), on_epoch=on_epoch if lead else None)  # fmt: skip
         loop.log = (log or _stderr) if lead else _quiet
         return loop.run()
 
@@ -200,7 +204,7 @@ def _shared_start(stack: ExitStack, comm: TorchComm, start, checkpoint_dir, resu
     from .checkpoints import CheckpointDir, TrainState
     from .trainer import _start_state, fingerprint, fingerprint_parts
 
-    spec, report, settings, train, trainable = start
+    spec, report, settings, train, trainable, init = start
     key, parts = fingerprint(spec, settings, train), fingerprint_parts(spec, settings, train)
     ckpt, message = None, [None]
     if lead:
@@ -209,6 +213,7 @@ def _shared_start(stack: ExitStack, comm: TorchComm, start, checkpoint_dir, resu
             state = _start_state(ckpt, resume, key, log or _stderr, parts, settings.epochs)
             if state is None:
                 params = initial_params(spec, report, settings.seed)
+                params = init(params) if init is not None else params
                 state = TrainState(params, settings.optimizer.initial_state({p: params[p] for p in trainable}))
                 state.fingerprint, state.seed = key, settings.seed
             state.fingerprint_parts = parts

@@ -30,6 +30,24 @@ class LossNodes:
     """Scalar int64: how many argmax(z) equal the label."""
 
 
+def batch_mean(g: GraphBuilder, per_sample: str, labels: str, negate: bool = False) -> tuple[str, str]:
+    """The loss: the mean of `per_sample` (negated for a log-likelihood) over the batch; and the batch size N it
+    divides by, the gradient's divisor too.
+
+    Data-parallel (g.sync, staged.py): this rank's or shard's share Σ_local / N_global, so the shares, and the
+    gradients, add up to those of the whole batch."""
+    if g.sync is not None:
+        batch = g.sync.count(g, SCOPE, 1)
+        # ReduceSum/ReduceMean without axes reduce every axis, in every opset: a scalar for (N,) and (N, 1)
+        loss = g.op("Div", [g.op("ReduceSum", [per_sample], SCOPE, keepdims=0), batch], SCOPE)
+    else:
+        loss = g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)
+    loss = g.op("Neg", [loss], SCOPE) if negate else loss
+    if g.sync is None:  # after the loss: the node order of the train-step programs' golden hashes
+        batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    return loss, batch
+
+
 def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoothing: float = 0.0) -> LossNodes:
     off = smoothing / classes
     values = g.constant(SCOPE, [off, 1.0 - smoothing + off])
@@ -37,14 +55,8 @@ def cross_entropy(g: GraphBuilder, logits: str, labels: str, classes: int, smoot
     depth = g.op("Reshape", [ints(g, SCOPE, [classes]), ints(g, SCOPE, [])], SCOPE)
     target = g.op("OneHot", [labels, depth, values], SCOPE, axis=-1)
     logp = g.op("LogSoftmax", [logits], SCOPE, axis=1)
-    per_sample = reduce_sum(g, g.op("Mul", [target, logp], SCOPE), [1], SCOPE)
-    if g.sync is not None:  # data-parallel: this rank's share Σ_local / N_global; the ranks' shares add up
-        batch = g.sync.count(g, SCOPE, 1)
-        loss = g.op("Neg", [g.op("Div", [reduce_sum(g, per_sample, [0], SCOPE), batch], SCOPE)], SCOPE)
-    else:
-        # ReduceMean without axes reduces every axis, in every opset.
-        loss = g.op("Neg", [g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)], SCOPE)
-        batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    per_sample = reduce_sum(g, g.op("Mul", [target, logp], SCOPE), [1], SCOPE)  # the log-likelihood
+    loss, batch = batch_mean(g, per_sample, labels, negate=True)
     dlogits = g.op("Div", [g.op("Sub", [g.op("Exp", [logp], SCOPE), target], SCOPE), batch], SCOPE)
     predicted = g.op("ArgMax", [logits], SCOPE, axis=1, keepdims=0)
     hits = g.op("Cast", [g.op("Equal", [predicted, labels], SCOPE)], SCOPE, to=7)  # 7 = INT64
@@ -70,9 +82,7 @@ def binary_cross_entropy(g: GraphBuilder, logits: str, labels: str, smoothing: f
     tail = g.op("Exp", [g.op("Neg", [g.op("Abs", [logits], SCOPE)], SCOPE)], SCOPE)  # exp(-|z|) <= 1
     soft = g.op("Log", [g.op("Add", [one, tail], SCOPE)], SCOPE)
     hinge = g.op("Sub", [g.op("Relu", [logits], SCOPE), g.op("Mul", [target, logits], SCOPE)], SCOPE)
-    per_sample = g.op("Add", [hinge, soft], SCOPE)
-    loss = g.op("ReduceMean", [per_sample], SCOPE, keepdims=0)
-    batch = g.op("Cast", [g.op("Shape", [labels], SCOPE)], SCOPE, to=float_type(g))
+    loss, batch = batch_mean(g, g.op("Add", [hinge, soft], SCOPE), labels)
     dlogits = g.op("Div", [g.op("Sub", [g.op("Sigmoid", [logits], SCOPE), target], SCOPE), batch], SCOPE)
     positive = g.op("Cast", [g.op("Greater", [logits, g.constant(SCOPE, [0.0])], SCOPE)], SCOPE, to=7)  # 7 = INT64
     predicted = g.op("Reshape", [positive, ints(g, SCOPE, [-1])], SCOPE)
