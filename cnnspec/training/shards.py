@@ -71,6 +71,7 @@ class ShardedStagedRunner:
         lead.load(params, state)
         for worker in self.workers[1:]:
             worker.values = lead.values  # one dict: the update below replaces its entries for every shard
+            worker.new_stat_buffers()  # each shard writes the (equal) new statistics into its own
 
     def _gradients(self, worker: StagedStepRunner, x, y, masks) -> dict[str, Any]:
         try:
