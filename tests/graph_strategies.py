@@ -384,7 +384,7 @@ def _finalize(draw, net: _Net) -> dict:
     explicit: list[list[int | str] | None] = []
     for i, node in enumerate(net.nodes):
         previous: int | str = "input" if i == 0 else i - 1
-        implicit = (node.inputs == [previous] and node.layer["type"] not in MERGES and draw(st.integers(0, 2)) > 0)
+        implicit = node.inputs == [previous] and node.layer["type"] not in MERGES and draw(st.integers(0, 2)) > 0
         explicit.append(None if implicit else node.inputs)
     referenced = {t for ins in explicit if ins for t in ins if t != "input"}
     names: dict[int, str] = {}

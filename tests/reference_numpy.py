@@ -320,8 +320,9 @@ def layer_forward(layer: dict, params: dict[str, np.ndarray], x: np.ndarray) -> 
         return activation(conv2d(mid, params["pointwise.weight"], params.get("bias")), layer.get("activation"))
     if kind == "Conv2DTranspose":
         k, s, d = _pair(layer["kernel_size"]), _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
-        z = conv2d_transpose(x, params["weight"], params.get("bias"), k, s, d, layer.get("padding", "valid"),
-                             layer.get("output_padding"))
+        z = conv2d_transpose(
+            x, params["weight"], params.get("bias"), k, s, d, layer.get("padding", "valid"), layer.get("output_padding")
+        )
         return activation(z, layer.get("activation"))
     if kind in ("MaxPooling2D", "AveragePooling2D"):
         pool = _pair(layer.get("pool_size", 2))

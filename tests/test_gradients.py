@@ -94,7 +94,9 @@ CASES = {
         *HEAD,
     ],  # fmt: skip
     "depthwise-dilation2-no-bias": [
-        FIRST, {"type": "DepthwiseConv2D", "kernel_size": 2, "dilation_rate": 2, "use_bias": False}, *HEAD,
+        FIRST,
+        {"type": "DepthwiseConv2D", "kernel_size": 2, "dilation_rate": 2, "use_bias": False},
+        *HEAD,
     ],  # fmt: skip
     "depthwise-first-layer": [{"type": "DepthwiseConv2D", "kernel_size": 3, "padding": "same"}, *HEAD],
     "separable-same": [
@@ -103,32 +105,57 @@ CASES = {
         *HEAD,
     ],  # fmt: skip
     "separable-stride2-multiplier2-no-bias": [
-        FIRST, {"type": "SeparableConv2D", "filters": 5, "kernel_size": [2, 3], "strides": 2, "depth_multiplier": 2,
-                "use_bias": False}, *HEAD,
+        FIRST,
+        {
+            "type": "SeparableConv2D",
+            "filters": 5,
+            "kernel_size": [2, 3],
+            "strides": 2,
+            "depth_multiplier": 2,
+            "use_bias": False,
+        },
+        *HEAD,
     ],  # fmt: skip
     "separable-first-layer-softmax-last": [
         {"type": "SeparableConv2D", "filters": 3, "kernel_size": 7, "padding": "same"},
-        {"type": "GlobalAveragePooling2D"}, {"type": "Activation", "activation": "softmax"},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Activation", "activation": "softmax"},
     ],  # fmt: skip
     "transpose-valid": [
-        FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "activation": "tanh"}, *HEAD,
+        FIRST,
+        {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "activation": "tanh"},
+        *HEAD,
     ],  # fmt: skip
     "transpose-same-stride2-odd": [
-        FIRST, {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"}, *HEAD,
+        FIRST,
+        {"type": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"},
+        *HEAD,
     ],  # fmt: skip
     "transpose-stride3-gaps": [
-        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 2, "strides": 3, "use_bias": False}, *HEAD,
+        FIRST,
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 2, "strides": 3, "use_bias": False},
+        *HEAD,
     ],  # fmt: skip
     "transpose-output-padding": [
-        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [3, 2], "strides": [2, 3], "padding": "same",
-                "output_padding": [1, 2]}, *HEAD,
+        FIRST,
+        {
+            "type": "Conv2DTranspose",
+            "filters": 2,
+            "kernel_size": [3, 2],
+            "strides": [2, 3],
+            "padding": "same",
+            "output_padding": [1, 2],
+        },
+        *HEAD,
     ],  # fmt: skip
     "transpose-dilated-5x5": [
-        FIRST, {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [5, 3], "dilation_rate": 2, "padding": "same"},
+        FIRST,
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": [5, 3], "dilation_rate": 2, "padding": "same"},
         *HEAD,
     ],  # fmt: skip
     "transpose-first-layer": [
-        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"}, *GAP_HEAD,
+        {"type": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same"},
+        *GAP_HEAD,
     ],  # fmt: skip
     "maxpool-valid": [FIRST, {"type": "MaxPooling2D"}, *HEAD],
     "maxpool-same-overlap": [FIRST, {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"}, *HEAD],
@@ -161,8 +188,12 @@ CASES = {
     # trainable: false (Keras's frozen layers): no gradients of their own; a frozen BatchNormalization runs in
     # inference mode (running statistics), so dL/dx passes through its fixed per-channel scale
     "batchnorm-frozen": [FIRST, {"type": "BatchNormalization", "momentum": 0.9, "trainable": False}, *HEAD],
-    "batchnorm-flat-frozen": [FIRST, {"type": "Flatten"}, {"type": "BatchNormalization", "trainable": False},
-                              {"type": "Dense", "units": 3}],  # fmt: skip
+    "batchnorm-flat-frozen": [
+        FIRST,
+        {"type": "Flatten"},
+        {"type": "BatchNormalization", "trainable": False},
+        {"type": "Dense", "units": 3},
+    ],  # fmt: skip
     "conv-frozen-between": [FIRST, conv(trainable=False), *HEAD],
     "layernorm-image": [FIRST, {"type": "LayerNormalization"}, *HEAD],
     "layernorm-flat": [

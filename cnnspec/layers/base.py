@@ -63,8 +63,11 @@ def _float_check(ge: float | None, lt: float | None, gt: float | None, le: float
         if not math.isfinite(value):
             raise PydanticCustomError("cnnspec_float", "must be finite, got {got}", {"got": repr(value)})
         v = float(value)
-        if (ge is not None and v < ge) or (lt is not None and v >= lt) or (gt is not None and v <= gt) or (
-            le is not None and v > le
+        if (
+            (ge is not None and v < ge)
+            or (lt is not None and v >= lt)
+            or (gt is not None and v <= gt)
+            or (le is not None and v > le)
         ):
             raise PydanticCustomError("cnnspec_float", "must be {rule}, got {got}", {"rule": rule, "got": value})
         return v
@@ -120,9 +123,7 @@ def _inputs_check(value: Any) -> Any:
     return tuple(_name_check(item) for item in items)
 
 
-LayerInputs = Annotated[
-    tuple[str, ...], BeforeValidator(_inputs_check, json_schema_input_type=str | list[LayerName])
-]
+LayerInputs = Annotated[tuple[str, ...], BeforeValidator(_inputs_check, json_schema_input_type=str | list[LayerName])]
 """What a layer reads: one name or a list; 'input' is the model input."""
 
 Activation = Literal[
