@@ -263,3 +263,27 @@ def test_two_ranks_with_init_from_a_frozen_layer_and_a_binary_head(folder):
     for name in frozen:
         np.testing.assert_array_equal(weights(folder / "two.onnx")[name], weights(folder / "source.onnx")[name])
     assert (folder / "plots" / "curves.png").stat().st_size > 1000
+
+
+def test_stages_keep_the_builders_order():
+    """A node runs no earlier than the stage it was emitted in: dL/dW's strided slices of a layer's input (backward
+    nodes that read only forward values) stay in the backward instead of being computed in the forward's stages
+    and handed on to it (which tripled resnet18_cifar's live memory)."""
+    spec = spec_from_data({
+        "name": "big_output", "input": {"shape": [16, 16, 1]}, "labels": ["a", "b", "c"],
+        "layers": [
+            {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same", "use_bias": False},  # 256 pixels
+            {"type": "BatchNormalization"}, {"type": "Activation", "activation": "relu"}, {"type": "MaxPooling2D"},
+            {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same", "use_bias": False},
+            {"type": "BatchNormalization"}, {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"},
+        ],
+    })  # fmt: skip
+    staged = build_staged(spec, check(spec), resolve_settings(spec).optimizer, 0.0, "cpu", serial=True)
+    order = {node.name: i for i, node in enumerate(staged.program.model.graph.node)}
+    afters = [c.after for c in staged.sync.collectives]
+    for k, stage in enumerate(staged.stages):
+        emitted = [order[node.name] for node in stage.model.graph.node]
+        assert k == 0 or min(emitted) >= afters[k - 1], k
+    first = [k for k, stage in enumerate(staged.stages) for n in stage.model.graph.node
+             if n.op_type == "Slice" and n.name.startswith("conv2d/")]  # fmt: skip
+    assert first and set(first) == {len(staged.stages) - 1}  # the first layer's dL/dW, in the last stage
